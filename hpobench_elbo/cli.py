@@ -1,0 +1,123 @@
+"""The command line: a thin layer over ``hpobench_elbo.api``.
+
+    hpobench-elbo run SUITE [--out DIR] [--device auto|cpu|cuda] [--set KEY=VALUE ...]
+                            [--only task=...,method=...,seed=...] [--dry-run] [--force]
+    hpobench-elbo resume DIR [--force]
+    hpobench-elbo status DIR
+    hpobench-elbo report DIR [--out DIR]
+    hpobench-elbo list
+
+Bad input prints one line on stderr and exits with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from collections.abc import Sequence
+
+from hpobench_elbo import api
+from hpobench_elbo.errors import UserError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2 (argparse's own code for usage errors)
+        sys.stderr.write(f"hpobench-elbo: error: {message}\n")
+        raise SystemExit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="hpobench-elbo", description="Compare HPO methods under equal device-time budgets.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    run = sub.add_parser("run", help="run a suite (finished cells are kept, interrupted ones resume)")
+    run.add_argument("suite")
+    run.add_argument("--out", help="results directory (wins over the suite's output)")
+    run.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a suite key, e.g. --set budget=30 --set tasks.0.scale=cpu")
+    run.add_argument("--only", help="run a subset: task=...,method=...,seed=...")
+    run.add_argument("--dry-run", action="store_true", help="list the cells with their budgets; run nothing")
+    run.add_argument("--force", action="store_true", help="continue even if the suite changed")
+    run.add_argument("--quiet", action="store_true", help="no progress bar")
+    resume = sub.add_parser("resume", help="continue an interrupted run")
+    resume.add_argument("dir")
+    resume.add_argument("--device", default="auto")
+    resume.add_argument("--force", action="store_true")
+    resume.add_argument("--only")
+    resume.add_argument("--quiet", action="store_true")
+    status = sub.add_parser("status", help="cells done, running and remaining, with charged cost")
+    status.add_argument("dir")
+    report = sub.add_parser("report", help="plots and tables of a results directory")
+    report.add_argument("dir")
+    report.add_argument("--out")
+    sub.add_parser("list", help="tasks (scales, data sizes, search spaces) and methods")
+    return parser
+
+
+def _print_summaries(summaries: Sequence[api.CellSummary]) -> None:
+    for s in summaries:
+        rec = "-" if s.recommendation is None else str(s.recommendation)
+        print(f"{s.cell_id}: {s.n_trials} trials, spent {s.spent:.4g}/{s.budget:g} {s.unit}, "
+              f"recommended trial {rec} ({s.reason})")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            plan = api.plan(args.suite, args.out, args.overrides, args.only)
+            if args.dry_run:
+                unit = "cost units" if plan.suite.clock == "counting" else "device-seconds"
+                total = 0.0
+                for cell in plan.cells:
+                    total += cell.budget
+                    print(f"{cell.cell_id}  budget {cell.budget:g} {unit}")
+                print(f"{len(plan.cells)} cells -> {plan.out_dir}; estimated charged cost at most "
+                      f"{total:g} {unit} plus overshoot (each cell runs to its budget or its method's end)")
+                return 0
+            _print_summaries(api.execute(plan, args.device, args.force, progress=not args.quiet))
+        elif args.command == "resume":
+            _print_summaries(api.resume(args.dir, args.device, args.force, progress=not args.quiet, only=args.only))
+        elif args.command == "status":
+            rows = api.status(args.dir)
+            for row in rows:
+                print(f"{row['state']:9s} {row['cell']}  {row['trials']} trials  "
+                      f"{row['spent']:.4g}/{row['budget']:g}")
+            counts = {s: sum(r["state"] == s for r in rows) for s in ("done", "running", "remaining")}
+            print(", ".join(f"{v} {k}" for k, v in counts.items()))
+        elif args.command == "report":
+            from hpobench_elbo.report.basic import write_report
+
+            files = write_report(args.dir, args.out)
+            for path in (*files.plots, *files.tables):
+                print(path)
+        elif args.command == "list":
+            listing = api.list_registered()
+            print("tasks:")
+            for name, info in listing["tasks"].items():
+                print(f"  {name}: {info.get('description', '')}")
+                for scale, text in info.get("scales", {}).items():
+                    print(f"      scale {scale}: {text}")
+                if info.get("space"):
+                    print(f"      space: {info['space']}")
+            print("methods:")
+            for name, info in listing["methods"].items():
+                print(f"  {name} (validation: {info['validation']}): {info['doc']}")
+    except UserError as exc:
+        sys.stderr.write(f"hpobench-elbo: error: {exc}\n")
+        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write("hpobench-elbo: interrupted; every finished trial is in the ledger; "
+                         "continue with 'hpobench-elbo resume DIR'\n")
+        return 130
+    return 0
+
+
+def entry() -> None:
+    warnings.filterwarnings("default")
+    raise SystemExit(main())
+
+
+if __name__ == "__main__":
+    entry()

@@ -1,0 +1,181 @@
+"""The stage cache: a content-addressed store shared by all cells, with per-cell accounting.
+
+The store saves wall time; the *charge* is as if each cell had its own cache: the first time a cell
+needs a stage output it pays that stage's true cost (measured when the entry was computed, by
+whichever cell), and later hits inside the same cell pay the read. Results therefore do not depend
+on the order in which cells run.
+
+Keys hash the task, the stage, the data seed, the clock unit and every upstream parameter in
+canonical form (``space.canonical``), so a float that round-tripped through a normalisation still
+hits. Each entry is a ``.pt`` file of tensors (loaded with ``weights_only=True``) and a ``.json``
+with its true cost and the SHA-256 of the ``.pt`` bytes; a corrupted entry is recomputed. Writes go
+to a temporary file and are renamed into place, so concurrent processes never see half an entry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from hpobench_elbo.engine.budget import BudgetMeter
+from hpobench_elbo.space import canonical
+
+Output = Any  # a tensor, or a tuple/dict of tensors
+
+
+def stage_key(task: str, stage: str, data_seed: int, params: Mapping[str, Any], unit: str) -> str:
+    """The content address of one stage output."""
+    blob = json.dumps(
+        {"task": task, "stage": stage, "data_seed": int(data_seed), "params": canonical(dict(params)), "unit": unit},
+        sort_keys=True,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+@dataclass
+class TrialCacheStats:
+    """Cache accounting of one trial, copied into its ledger row."""
+
+    hits: int = 0
+    misses: int = 0
+    cost_saved: float = 0.0
+    paid_keys: list[str] = field(default_factory=list)
+
+
+class StageCache:
+    """The on-disk store under ``root`` (``results/<suite>/cache`` by default); safe to delete."""
+
+    def __init__(self, root: str | Path | None, enabled: bool = True) -> None:
+        self.root = Path(root) if root is not None else None
+        self.enabled = enabled and root is not None
+
+    def view(self, paid_keys: Iterable[str] = ()) -> CacheView:
+        """A cell's view; ``paid_keys`` are the keys it already paid for (from its ledger on resume)."""
+        return CacheView(self, set(paid_keys))
+
+    def _paths(self, key: str) -> tuple[Path, Path]:
+        assert self.root is not None
+        folder = self.root / key[:2]
+        return folder / f"{key}.pt", folder / f"{key}.json"
+
+    def load(self, key: str) -> tuple[Output, float] | None:
+        """The entry's output and true cost, or None if absent or corrupted."""
+        if not self.enabled:
+            return None
+        data_path, meta_path = self._paths(key)
+        try:
+            meta = json.loads(meta_path.read_text())
+            raw = data_path.read_bytes()
+        except (OSError, ValueError):
+            return None
+        if hashlib.sha256(raw).hexdigest() != meta.get("sha256"):
+            return None
+        try:
+            output = torch.load(io.BytesIO(raw), weights_only=True)
+        except Exception:  # noqa: BLE001 - any unreadable entry is simply recomputed
+            return None
+        return output, float(meta["cost"])
+
+    def store(self, key: str, output: Output, cost: float, description: Mapping[str, Any]) -> None:
+        if not self.enabled:
+            return
+        data_path, meta_path = self._paths(key)
+        data_path.parent.mkdir(parents=True, exist_ok=True)
+        buffer = io.BytesIO()
+        torch.save(output, buffer)
+        raw = buffer.getvalue()
+        meta = {"cost": float(cost), "sha256": hashlib.sha256(raw).hexdigest(), **canonical(dict(description))}
+        self._atomic_write(data_path, raw)
+        self._atomic_write(meta_path, json.dumps(meta, sort_keys=True).encode())
+
+    @staticmethod
+    def _atomic_write(path: Path, raw: bytes) -> None:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(raw)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+class CacheView:
+    """One cell's window on the shared store, charging as if the cache were the cell's own."""
+
+    def __init__(self, store: StageCache, paid_keys: set[str]) -> None:
+        self.store = store
+        self.paid_keys = paid_keys
+        self.stats = TrialCacheStats()
+
+    def begin_trial(self) -> None:
+        self.stats = TrialCacheStats()
+
+    def has_paid(self, key: str) -> bool:
+        return key in self.paid_keys
+
+    def get(
+        self,
+        meter: BudgetMeter,
+        *,
+        task: str,
+        stage: str,
+        data_seed: int,
+        params: Mapping[str, Any],
+        compute: Callable[[], Output],
+        examples: int = 0,
+        phase: str = "train",
+        simulated_cost: float | None = None,
+    ) -> Output:
+        """The stage output for ``params``: computed, or read from the store, and charged.
+
+        ``examples`` prices the computation under a counting clock; ``simulated_cost`` replaces
+        the measured cost entirely (synthetic pipelines with known stage costs).
+        """
+        key = stage_key(task, stage, data_seed, params, meter.unit_name)
+        description = {"task": task, "stage": stage, "data_seed": data_seed, "params": dict(params)}
+        if key in self.paid_keys:
+            with meter.unit("cache"):
+                entry = self.store.load(key)
+            if entry is not None:
+                output, true_cost = entry
+                self.stats.hits += 1
+                self.stats.cost_saved += max(0.0, true_cost - meter.last_unit_cost)
+                return output
+        else:
+            entry = self.store.load(key)
+            if entry is not None:
+                meter.check()  # paying for a stage is an indivisible unit
+                output, true_cost = entry
+                meter.charge(phase, true_cost)
+                self._paid(key)
+                return output
+        # compute (a miss, or a missing/corrupted entry)
+        if simulated_cost is None:
+            with meter.unit(phase, examples=examples):
+                output = compute()
+            true_cost = meter.last_unit_cost
+        else:
+            meter.check()
+            output = compute()
+            meter.charge(phase, simulated_cost)
+            true_cost = float(simulated_cost)
+        self.store.store(key, output, true_cost, description)
+        self._paid(key)
+        return output
+
+    def _paid(self, key: str) -> None:
+        self.stats.misses += 1
+        self.stats.paid_keys.append(key)
+        self.paid_keys.add(key)

@@ -1,0 +1,156 @@
+"""The ledger: an append-only JSONL journal per cell, the single source of truth for results.
+
+Schema (version 1), one JSON object per line:
+
+* line 1, ``{"type": "header", ...}``: ``schema``, ``suite``, ``suite_hash``, ``cell`` (task,
+  scale, method, options, seed, budget), ``seeds`` (the named child seeds), ``versions`` (python
+  and key packages), ``git_sha``, ``device``, ``clock``, ``unit``, ``threads``, ``determinism``,
+  ``created``.
+* then one ``{"type": "trial", ...}`` line per finished trial (any status), fsynced: the
+  ``TrialResult`` fields (``trial_id``, ``kind``, ``config``, ``tuner``, ``data``, ``status``,
+  ``cost`` per phase, ``steps``, ``score``, ``metrics``, ``test``, ``trajectory``, cache hits and
+  cost saved, ``overshoot``, ``error``), plus ``recommendation`` (the trial the method would deploy
+  after this one), ``spent`` (cumulative charged cost), ``meter`` (cumulative cost per phase, so a
+  resume restores the meter exactly) and ``time`` (ISO timestamp, informative).
+* last, once the cell has finished, ``{"type": "end", "reason": ..., "spent": ...}``.
+
+A torn last line (a crash mid-write) is moved to ``<file>.torn`` with a warning and the run goes
+on; damage before the last line stops with a ``LedgerError`` naming the file and line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from hpobench_elbo.errors import LedgerError
+
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class LedgerContents:
+    header: dict[str, Any]
+    rows: list[dict[str, Any]]
+    torn: str | None  # the text of a torn last line, if any
+    end: dict[str, Any] | None = None  # the closing record of a finished cell
+
+
+def _parse(path: Path, text: str) -> LedgerContents:
+    lines = text.split("\n")
+    complete, tail = lines[:-1], lines[-1]  # ``tail`` is what follows the last newline
+    objects: list[dict[str, Any]] = []
+    torn: str | None = None
+    for number, line in enumerate(complete, start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+            if not isinstance(obj, dict) or "type" not in obj:
+                raise ValueError("not a ledger record")
+        except ValueError as exc:
+            if number == len(complete) and not tail:
+                torn = line
+                break
+            raise LedgerError(f"{path}:{number}: damaged ledger line ({exc}); fix or delete the file") from None
+        objects.append(obj)
+    if tail.strip():
+        try:
+            obj = json.loads(tail)
+            if not isinstance(obj, dict) or "type" not in obj:
+                raise ValueError("not a ledger record")
+            objects.append(obj)  # complete record missing only its newline
+        except ValueError:
+            torn = tail
+    if not objects or objects[0].get("type") != "header":
+        raise LedgerError(f"{path}:1: missing ledger header")
+    header, rows = objects[0], objects[1:]
+    if header.get("schema") != SCHEMA_VERSION:
+        raise LedgerError(f"{path}:1: ledger schema {header.get('schema')!r}, expected {SCHEMA_VERSION}")
+    ends = [r for r in rows if r.get("type") == "end"]
+    return LedgerContents(header, [r for r in rows if r.get("type") == "trial"], torn, ends[-1] if ends else None)
+
+
+def read_ledger(path: str | Path) -> LedgerContents:
+    """Read a ledger without changing it (a torn last line is reported, not moved)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise LedgerError(f"{path}: no such ledger") from None
+    return _parse(path, text)
+
+
+class Ledger:
+    """An open, append-only ledger file for one cell."""
+
+    def __init__(self, path: Path, header: dict[str, Any], rows: list[dict[str, Any]],
+                 end: dict[str, Any] | None = None) -> None:
+        self.path = path
+        self.header = header
+        self.rows = rows
+        self.end = end
+
+    @classmethod
+    def open(cls, path: str | Path, header: Mapping[str, Any], force: bool = False) -> Ledger:
+        """Open for appending; create with ``header`` or check an existing file against it.
+
+        An existing ledger whose ``suite_hash`` or cell differs is refused unless ``force``.
+        """
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.exists() or path.stat().st_size == 0:
+            full = {"type": "header", "schema": SCHEMA_VERSION, **header,
+                    "created": datetime.now(timezone.utc).isoformat()}
+            with open(path, "w", encoding="utf-8") as fh:
+                fh.write(json.dumps(full, sort_keys=True) + "\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+            return cls(path, full, [])
+        contents = read_ledger(path)
+        if contents.torn is not None:
+            cls._move_torn(path, contents.torn)
+        existing = contents.header
+        if existing.get("cell") != header.get("cell"):
+            raise LedgerError(f"{path}: ledger belongs to another cell; use another output directory")
+        if existing.get("suite_hash") != header.get("suite_hash") and not force:
+            raise LedgerError(
+                f"{path}: the suite changed since this run started "
+                f"({existing.get('suite_hash')} -> {header.get('suite_hash')}); resume with --force to continue anyway"
+            )
+        return cls(path, existing, contents.rows, contents.end)
+
+    @staticmethod
+    def _move_torn(path: Path, torn: str) -> None:
+        text = path.read_text(encoding="utf-8")
+        keep = text[: text.rfind(torn)]
+        if keep and not keep.endswith("\n"):
+            keep += "\n"
+        with open(path.with_name(path.name + ".torn"), "a", encoding="utf-8") as fh:
+            fh.write(torn + "\n")
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(keep)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        warnings.warn(f"{path}: torn last line moved to {path.name}.torn", stacklevel=3)
+
+    def append(self, row: Mapping[str, Any], kind: str = "trial") -> None:
+        """Append one finished trial (or the ``end`` record) and fsync before returning."""
+        record = {"type": kind, **row, "time": datetime.now(timezone.utc).isoformat()}
+        line = json.dumps(record, sort_keys=True, allow_nan=False) + "\n"
+        with open(self.path, "a", encoding="utf-8") as fh:
+            fh.write(line)
+            fh.flush()
+            os.fsync(fh.fileno())
+        if kind == "trial":
+            self.rows.append(record)
+        else:
+            self.end = record

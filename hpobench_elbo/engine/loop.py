@@ -1,0 +1,299 @@
+"""The one loop: runs a cell (task x method x seed x budget) against its meter and ledger.
+
+    ask (charged to ``method``) -> task.run (trains, checking the meter every step)
+    -> test (every completed trial, uncharged) -> tell (charged to ``method``, test stripped)
+    -> ledger.append (fsynced)
+
+Resume is replay: every ledger row is re-asked from a fresh method, checked against the recorded
+spec, and told its recorded result, so the method continues exactly where it was (random state
+included) and no completed trial runs again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import subprocess
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hpobench_elbo.contracts import AskContext, Method, TaskInfo, TrialResult, TrialSpec
+from hpobench_elbo.engine.budget import BudgetExhausted, BudgetMeter
+from hpobench_elbo.engine.cache import CacheView, StageCache
+from hpobench_elbo.engine.clock import make_clock
+from hpobench_elbo.engine.ledger import Ledger
+from hpobench_elbo.engine.registry import METHODS, TASKS, check_contract
+from hpobench_elbo.engine.seeds import Seeds
+from hpobench_elbo.errors import LedgerError
+
+EXEC_LOG_ENV = "HPOBENCH_ELBO_EXEC_LOG"
+"""If set, a file to which every trial execution appends ``<cell-id> <trial-id>`` before it starts
+(a diagnostic that counts executions outside the ledger)."""
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One (task, method, seed, budget) run with a stable id (a hash of its definition)."""
+
+    cell_id: str
+    suite: str
+    task: str
+    scale: str
+    task_options: Mapping[str, Any]
+    method: str
+    method_options: Mapping[str, Any]
+    seed: int
+    budget: float
+    clock: str
+    clock_options: Mapping[str, Any]
+    refit: bool
+    cache: bool
+    threads: int
+    label: str = ""
+
+    def definition(self) -> dict[str, Any]:
+        return {
+            "task": self.task, "scale": self.scale, "task_options": dict(self.task_options),
+            "method": self.method, "method_options": dict(self.method_options), "seed": self.seed,
+            "budget": self.budget, "clock": self.clock, "clock_options": dict(self.clock_options),
+            "refit": self.refit, "cache": self.cache, "label": self.label or self.method,
+        }
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """Where and how cells run (the same for every cell of one invocation)."""
+
+    out_dir: Path
+    device: str
+    suite_hash: str
+    force: bool = False
+
+
+@dataclass(frozen=True)
+class CellSummary:
+    cell_id: str
+    n_trials: int
+    spent: float
+    budget: float
+    unit: str
+    recommendation: int | None
+    reason: str
+
+
+def _git_sha() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {"python": platform.python_version()}
+    for name in ("hpobench-elbo", "torch", "numpy", "optuna", "pandas"):
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return found
+
+
+def _normal(obj: Any) -> Any:
+    """What a value looks like after a JSON round trip (for replay comparison)."""
+    return json.loads(json.dumps(obj, sort_keys=True))
+
+
+def cell_header(cell: Cell, seeds: Seeds, unit: str, ctx: RunContext) -> dict[str, Any]:
+    import torch
+
+    return {
+        "suite": cell.suite,
+        "suite_hash": ctx.suite_hash,
+        "cell_id": cell.cell_id,
+        "cell": _normal(cell.definition()),
+        "seeds": seeds.to_json(),
+        "versions": _versions(),
+        "git_sha": _git_sha(),
+        "device": ctx.device,
+        "clock": cell.clock,
+        "unit": unit,
+        "threads": cell.threads,
+        "determinism": {"torch_deterministic_algorithms": torch.are_deterministic_algorithms_enabled()},
+    }
+
+
+class CellRunner:
+    """Runs (or resumes) one cell to the end of its budget or its method."""
+
+    def __init__(self, cell: Cell, ctx: RunContext, cache: StageCache,
+                 on_trial: Callable[[Cell, dict[str, Any]], None] | None = None) -> None:
+        import torch
+
+        torch.set_num_threads(cell.threads)
+        self.cell = cell
+        self.ctx = ctx
+        self.on_trial = on_trial
+        self.seeds = Seeds.from_cell(cell.seed)
+        self.meter = BudgetMeter(cell.budget, make_clock(cell.clock, ctx.device, dict(cell.clock_options)))
+        self.task = TASKS.create(cell.task, scale=cell.scale, device=ctx.device, **cell.task_options)
+        self.info: TaskInfo = self.task.info
+        self.method = METHODS.create(cell.method, self.info, self.seeds.sampler, **cell.method_options)
+        check_contract(self.method, Method)
+        header = cell_header(cell, self.seeds, self.meter.unit_name, ctx)
+        self.ledger = Ledger.open(ctx.out_dir / f"{cell.cell_id}.jsonl", header, force=ctx.force)
+        self.cache: CacheView = cache.view()
+        self.results: dict[int, TrialResult] = {}
+        self.recommendation: int | None = None
+        self.refit_enabled = cell.refit and self.method.validation == "selection"
+        self.refit_done = False
+        self.next_id = 0
+
+    # -- helpers ----------------------------------------------------------------------------
+    def _ask_context(self) -> AskContext:
+        return AskContext(remaining=self.meter.remaining, budget=self.meter.budget, spent=self.meter.spent,
+                          n_completed=sum(r.status == "ok" for r in self.results.values()))
+
+    def _update_reserve(self) -> None:
+        """Hold back the estimated refit cost of the current recommendation (trial cost x N / n_train)."""
+        if not self.refit_enabled or self.recommendation is None:
+            return
+        chosen = self.results[self.recommendation]
+        work = sum(chosen.cost.get(p, 0.0) for p in ("train", "hyper", "cache"))
+        scale = self.info.n_pool / max(1, chosen.n_train)
+        self.meter.reserve = work * scale
+
+    def _method_recommendation(self) -> int | None:
+        rec = self.method.recommend()
+        if rec is not None and (rec not in self.results or self.results[rec].status != "ok"):
+            raise RuntimeError(f"method {self.cell.method!r} recommended trial {rec}, which did not complete ok")
+        return rec
+
+    # -- replay -----------------------------------------------------------------------------
+    def replay(self) -> None:
+        for row in self.ledger.rows:
+            result = TrialResult.from_json(row)
+            spec = result.spec
+            if spec.kind == "refit":
+                self.refit_done = True
+            else:
+                asked = self.method.ask(self._ask_context())
+                recorded = _normal({k: row[k] for k in ("config", "tuner", "data")})
+                replayed = None if asked is None else _normal(
+                    {"config": asked.config, "tuner": asked.tuner.to_json(), "data": asked.data})
+                if replayed != recorded:
+                    raise LedgerError(
+                        f"{self.ledger.path}: trial {spec.trial_id} does not replay "
+                        f"(method asked {replayed}, ledger has {recorded}); the method or suite changed")
+                self.method.tell(spec, result.without_test())
+            self.results[spec.trial_id] = result
+            self.meter.restore(row["meter"])
+            self.cache.paid_keys.update(result.cache_keys)
+            self.recommendation = row.get("recommendation")
+            self.next_id = spec.trial_id + 1
+            self._update_reserve()
+
+    # -- one trial --------------------------------------------------------------------------
+    def _execute(self, spec: TrialSpec) -> TrialResult:
+        log = os.environ.get(EXEC_LOG_ENV)
+        if log:
+            with open(log, "a", encoding="utf-8") as fh:
+                fh.write(f"{self.cell.cell_id} {spec.trial_id}\n")
+        self.cache.begin_trial()
+        try:
+            result = self.task.run(spec, self.meter, self.cache, self.seeds)
+        except BudgetExhausted:
+            result = TrialResult(spec=spec, status="cut", cost={})
+        except Exception as exc:  # noqa: BLE001 - a failing trial is recorded, the cell goes on
+            result = TrialResult(spec=spec, status="failed", cost={}, error=f"{type(exc).__name__}: {exc}"[:500])
+        stats = self.cache.stats
+        return dataclasses.replace(result, cache_hits=stats.hits, cache_misses=stats.misses,
+                                   cost_saved=stats.cost_saved, cache_keys=tuple(stats.paid_keys))
+
+    def _record(self, result: TrialResult, before: Any) -> None:
+        cost, overshoot = self.meter.since(before)
+        result = result.with_cost(cost, overshoot)
+        self.results[result.spec.trial_id] = result
+        row = {**result.to_json(), "recommendation": self.recommendation, "spent": self.meter.spent,
+               "meter": self.meter.by_phase(), "unit": self.meter.unit_name}
+        self.ledger.append(row)
+        if self.on_trial:
+            self.on_trial(self.cell, row)
+
+    def _test(self, result: TrialResult) -> TrialResult:
+        if result.status != "ok":
+            return result.without_artifact()
+        with self.meter.unit("test", check=False):
+            test = self.task.test(result)
+        return result.with_test(test).without_artifact()
+
+    def _search_step(self) -> bool:
+        """Ask, run, test, tell, record one trial; False when the method has nothing more to ask."""
+        before = self.meter.snapshot()
+        with self.meter.unit("method"):
+            spec = self.method.ask(self._ask_context())
+        if spec is None:
+            return False
+        spec = dataclasses.replace(spec, trial_id=self.next_id, kind="trial")
+        self.next_id += 1
+        result = self._test(self._execute(spec))
+        with self.meter.unit("method", check=False):
+            self.method.tell(spec, result.without_test())
+        self.results[spec.trial_id] = result
+        self.recommendation = self._method_recommendation()
+        self._record(result, before)
+        self._update_reserve()
+        return True
+
+    def _refit(self) -> None:
+        chosen = self.results[self.recommendation]  # type: ignore[index]
+        spec = dataclasses.replace(chosen.spec, data="all", kind="refit", refit_of=chosen.spec.trial_id,
+                                   trial_id=self.next_id)
+        self.next_id += 1
+        before = self.meter.snapshot()
+        self.meter.reserve = 0.0
+        result = self._test(self._execute(spec))
+        if result.status == "ok":
+            self.recommendation = spec.trial_id
+        self.refit_done = True
+        self._record(result, before)
+
+    # -- the cell ---------------------------------------------------------------------------
+    def run(self) -> CellSummary:
+        if self.ledger.end is None:
+            self.replay()
+            reason = "budget"
+            while not self.refit_done:
+                if self.meter.exhausted:
+                    break
+                if self.refit_enabled and self.recommendation is not None and self.meter.searchable <= 0:
+                    reason = "refit reserve"
+                    break
+                try:
+                    if not self._search_step():
+                        reason = "method done"
+                        break
+                except BudgetExhausted:  # the ask itself found the budget spent
+                    break
+            if self.refit_enabled and not self.refit_done and self.recommendation is not None \
+                    and not self.meter.exhausted:
+                self._refit()
+            self.ledger.append({"reason": reason, "spent": self.meter.spent, "recommendation": self.recommendation,
+                                "overshoot": self.meter.overshoot}, kind="end")
+        end = self.ledger.end or {}
+        return CellSummary(self.cell.cell_id, len(self.ledger.rows), float(end.get("spent", self.meter.spent)),
+                           self.cell.budget, self.meter.unit_name, end.get("recommendation"),
+                           str(end.get("reason", "")))
+
+
+def run_cell(cell: Cell, ctx: RunContext, cache: StageCache,
+             on_trial: Callable[[Cell, dict[str, Any]], None] | None = None) -> CellSummary:
+    """Run or resume one cell; the ledger under ``ctx.out_dir`` is the result."""
+    return CellRunner(cell, ctx, cache, on_trial).run()

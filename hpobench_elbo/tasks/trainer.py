@@ -1,0 +1,162 @@
+"""The one Trainer: runs every training of every task, whichever tuner takes the steps.
+
+It builds the trial's tuner from its ``TunerSpec``, feeds shuffled minibatches, checks the meter
+before every step (a step is a ``train`` unit; the tuner's own extra work nests as ``hyper``),
+catches divergence and errors, validates when the trial has a validation split, and returns a
+``TrialResult`` whose ``artifact`` is the model to test.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from hpobench_elbo.contracts import TaskInfo, TrainSetup, TrialResult, TrialSpec, Tuner
+from hpobench_elbo.engine.budget import BudgetExhausted, BudgetMeter
+from hpobench_elbo.engine.registry import TUNERS, check_contract
+
+
+@dataclass(frozen=True)
+class TrainData:
+    """Tensors a trial trains on: inputs of the trainable model (raw or cached features)."""
+
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_val: torch.Tensor | None = None
+    y_val: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class Objective:
+    """The task's loss and metric. ``loss_fn(outputs, y)`` is the mean NLL (CE) or mean squared error."""
+
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    metric_fn: Callable[[torch.Tensor, torch.Tensor], float]
+    metric: str
+    divergence_threshold: float
+
+
+def cross_entropy_objective(divergence_threshold: float = 1e3) -> Objective:
+    def accuracy(out: torch.Tensor, y: torch.Tensor) -> float:
+        return float((out.argmax(dim=1) == y).float().mean())
+
+    return Objective(nn.functional.cross_entropy, accuracy, "accuracy", divergence_threshold)
+
+
+def mse_objective(divergence_threshold: float = 1e6) -> Objective:
+    def mse(out: torch.Tensor, y: torch.Tensor) -> float:
+        return float(nn.functional.mse_loss(out.reshape(-1), y.reshape(-1)))
+
+    def loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return nn.functional.mse_loss(out.reshape(-1), y.reshape(-1))
+
+    return Objective(loss, mse, "mse", divergence_threshold)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, objective: Objective,
+             batch_size: int = 1024) -> dict[str, float]:
+    """Mean loss and metric of ``model`` on (x, y), in eval mode, batched."""
+    was_training = model.training
+    model.eval()
+    outs = [model(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]
+    model.train(was_training)
+    out = torch.cat(outs)
+    return {"loss": float(objective.loss_fn(out, y)), objective.metric: objective.metric_fn(out, y)}
+
+
+class Trainer:
+    """Trains one model for ``steps`` minibatch steps of ``batch_size`` (None: full batch)."""
+
+    def __init__(self, steps: int, batch_size: int | None, objective: Objective, device: str = "cpu") -> None:
+        self.steps = steps
+        self.batch_size = batch_size
+        self.objective = objective
+        self.device = device
+
+    def _batches(self, n: int, generator: torch.Generator) -> Callable[[], torch.Tensor]:
+        size = n if self.batch_size is None or self.batch_size >= n else self.batch_size
+        state = {"perm": torch.randperm(n, generator=generator), "pos": 0}
+
+        def next_indices() -> torch.Tensor:
+            if state["pos"] + size > n:  # drop the last partial batch, reshuffle
+                state["perm"], state["pos"] = torch.randperm(n, generator=generator), 0
+            idx = state["perm"][state["pos"]:state["pos"] + size]
+            state["pos"] += size
+            return idx
+
+        return next_indices
+
+    def fit(self, spec: TrialSpec, info: TaskInfo, model: nn.Module, data: TrainData, meter: BudgetMeter,
+            generator: torch.Generator, prior_mean: Mapping[str, torch.Tensor], n_data: int) -> TrialResult:
+        """Train, validate if there is a validation split, and return the result (never raises for a bad trial)."""
+        n = len(data.x_train)
+        base = {"spec": spec, "cost": {}, "planned_steps": self.steps, "n_train": n}
+        step = 0
+        try:
+            tuner: Tuner = TUNERS.create(spec.tuner.name, **dict(spec.tuner.options))
+            check_contract(tuner, Tuner)
+            model.to(self.device)
+            model.train()
+            batch_size = n if self.batch_size is None else min(self.batch_size, n)
+            setup = TrainSetup(loss_fn=self.objective.loss_fn, n_train=n, n_data=n_data, total_steps=self.steps,
+                               batch_size=batch_size, prior_mean=prior_mean, generator=generator, meter=meter,
+                               device=self.device)
+            tuner.init(model, info, spec.config, setup)
+            next_train = self._batches(n, generator)
+            val_batch = None
+            if data.x_val is not None and data.y_val is not None:
+                next_val = self._batches(len(data.x_val), generator)
+
+                def val_batch() -> tuple[torch.Tensor, torch.Tensor]:
+                    idx = next_val()
+                    return data.x_val[idx], data.y_val[idx]  # type: ignore[index]
+
+            last_losses: list[float] = []
+            for step in range(self.steps):
+                idx = next_train()
+                with meter.unit("train", examples=len(idx)):
+                    stats = tuner.step(model, (data.x_train[idx], data.y_train[idx]), step, val_batch)
+                if not math.isfinite(stats.loss) or abs(stats.loss) > self.objective.divergence_threshold:
+                    return TrialResult(**base, status="diverged", steps=step + 1,
+                                       metrics={"train_loss": stats.loss}, trajectory=tuple(tuner.trajectory()),
+                                       error=f"loss {stats.loss:.4g} at step {step + 1}")
+                last_losses = (last_losses + [stats.loss])[-10:]
+            step = self.steps
+            eval_model = tuner.eval_model(model)
+            metrics = {"train_loss": float(sum(last_losses) / max(1, len(last_losses)))}
+            score, score_name = tuner.selection_score(), getattr(tuner, "score_name", "training objective")
+            if data.x_val is not None and data.y_val is not None:
+                with meter.unit("validate", examples=len(data.x_val)):
+                    val = evaluate(eval_model, data.x_val, data.y_val, self.objective)
+                metrics.update({f"val_{k}": v for k, v in val.items()})
+                if score is None:
+                    score, score_name = val["loss"], "validation loss"
+            if score is None:
+                score, score_name = metrics["train_loss"], "final training loss"
+            if not math.isfinite(score):
+                return TrialResult(**base, status="diverged", steps=step, metrics=metrics,
+                                   trajectory=tuple(tuner.trajectory()), error="non-finite selection score")
+            return TrialResult(**base, status="ok", steps=step, score=float(score), score_name=score_name,
+                               metrics=metrics, trajectory=tuple(tuner.trajectory()), artifact=eval_model)
+        except BudgetExhausted:
+            return TrialResult(**base, status="cut", steps=step)
+        except torch.cuda.OutOfMemoryError as exc:
+            torch.cuda.empty_cache()
+            return TrialResult(**base, status="failed", steps=step, error=f"OutOfMemoryError: {str(exc)[:300]}")
+        except Exception as exc:  # noqa: BLE001 - recorded; the cell goes on
+            return TrialResult(**base, status="failed", steps=step, error=f"{type(exc).__name__}: {str(exc)[:400]}")
+
+
+def trainable_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
+    """Named trainable parameters in module order (the one parameter map tuners align to)."""
+    return {name: p for name, p in model.named_parameters() if p.requires_grad}
+
+
+def clone_values(params: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    return {name: p.detach().clone() for name, p in params.items()}
