@@ -145,7 +145,7 @@ class CacheView:
         """
         key = stage_key(task, stage, data_seed, params, meter.unit_name)
         description = {"task": task, "stage": stage, "data_seed": data_seed, "params": dict(params)}
-        if key in self.paid_keys:
+        if key in self.paid_keys and self.store.enabled:  # a disabled store has nothing to read
             with meter.unit("cache"):
                 entry = self.store.load(key)
             if entry is not None:

@@ -5,7 +5,7 @@ Schema (version 1), one JSON object per line:
 * line 1, ``{"type": "header", ...}``: ``schema``, ``suite``, ``suite_hash``, ``cell`` (task,
   scale, method, options, seed, budget), ``seeds`` (the named child seeds), ``versions`` (python
   and key packages), ``git_sha``, ``device``, ``clock``, ``unit``, ``threads``, ``determinism``,
-  ``created``.
+  ``metric``, ``direction`` (of the task's test metric), ``created``.
 * then one ``{"type": "trial", ...}`` line per finished trial (any status), fsynced: the
   ``TrialResult`` fields (``trial_id``, ``kind``, ``config``, ``tuner``, ``data``, ``status``,
   ``cost`` per phase, ``steps``, ``score``, ``metrics``, ``test``, ``trajectory``, cache hits and

@@ -147,7 +147,8 @@ class CellRunner:
         self.info: TaskInfo = self.task.info
         self.method = METHODS.create(cell.method, self.info, self.seeds.sampler, **cell.method_options)
         check_contract(self.method, Method)
-        header = cell_header(cell, self.seeds, self.meter.unit_name, ctx)
+        header = {**cell_header(cell, self.seeds, self.meter.unit_name, ctx),
+                  "metric": self.info.metric, "direction": self.info.direction}
         self.ledger = Ledger.open(ctx.out_dir / f"{cell.cell_id}.jsonl", header, force=ctx.force)
         self.cache: CacheView = cache.view()
         self.results: dict[int, TrialResult] = {}

@@ -27,7 +27,6 @@ def write_report(results_dir: str | Path, out_dir: str | Path | None = None) -> 
     metrics = sorted(c[len("test_"):] for c in frame.columns if c.startswith("test_") and c != "test_loss")
     plots, tables = [], []
     for metric in metrics:
-        rows = frame[frame[f"test_{metric}"].notna() | (frame["status"] != "ok")]
         tasks = frame.groupby("task")[f"test_{metric}"].apply(lambda s: s.notna().any())
         rows = frame[frame["task"].isin(tasks[tasks].index)]
         traces = cell_traces(rows, metric)

@@ -39,6 +39,7 @@ def load_results(path: str | Path) -> pd.DataFrame:
                 "suite": h["suite"], "cell_id": h["cell_id"], "task": cell["task"], "scale": cell["scale"],
                 "method": cell.get("label") or cell["method"], "method_name": cell["method"], "seed": cell["seed"],
                 "budget": cell["budget"], "unit": h["unit"], "device": h["device"],
+                "metric": h.get("metric"), "direction": h.get("direction", "max"),
                 "trial_id": row["trial_id"], "kind": row["kind"], "status": row["status"], "data": row["data"],
                 "tuner": row["tuner"]["name"], "steps": row["steps"], "n_train": row["n_train"],
                 "score": row["score"], "score_name": row["score_name"], "spent": row["spent"],
@@ -71,7 +72,8 @@ def cell_traces(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
         group = group.sort_values("trial_id")
         tests = dict(zip(group["trial_id"], group[column] if column in group else [np.nan] * len(group)))
         best = np.nan
-        higher = metric == "accuracy"
+        higher = metric == group["metric"].iloc[0] and group["direction"].iloc[0] == "max" \
+            if "direction" in group else metric == "accuracy"
         for _, row in group.iterrows():
             if row["status"] != "ok":
                 continue
