@@ -242,6 +242,9 @@ class TrainSetup:
     meter: Any
     device: str = "cpu"
     predict_fn: Callable[..., Any] | None = None
+    train_data: tuple[Any, ...] | None = None
+    """``(x_train, y_train)``: the whole training set, for tuners that make a pass over it (e.g. the
+    ELBo tuner's final training objective, charged by the tuner to ``hyper``)."""
 
 
 @runtime_checkable

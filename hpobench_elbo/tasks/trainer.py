@@ -106,7 +106,7 @@ class Trainer:
             batch_size = n if self.batch_size is None else min(self.batch_size, n)
             setup = TrainSetup(loss_fn=self.objective.loss_fn, n_train=n, n_data=n_data, total_steps=self.steps,
                                batch_size=batch_size, prior_mean=prior_mean, generator=generator, meter=meter,
-                               device=self.device)
+                               device=self.device, train_data=(data.x_train, data.y_train))
             tuner.init(model, info, spec.config, setup)
             next_train = self._batches(n, generator)
             val_batch = None
@@ -119,8 +119,8 @@ class Trainer:
 
             last_losses: list[float] = []
             for step in range(self.steps):
-                idx = next_train()
-                with meter.unit("train", examples=len(idx)):
+                with meter.unit("train", examples=batch_size):  # drawing the batch is part of the step
+                    idx = next_train()
                     stats = tuner.step(model, (data.x_train[idx], data.y_train[idx]), step, val_batch)
                 if not math.isfinite(stats.loss) or abs(stats.loss) > self.objective.divergence_threshold:
                     return TrialResult(**base, status="diverged", steps=step + 1,

@@ -1,0 +1,144 @@
+"""Learned ELBo: the data-emphasized ELBo (``de-elbo``) and the plain ELBo (``elbo``) as HPO methods.
+
+Implements the method of Harvey, Petrov and Hughes, "Learning the Regularization Strength for Deep
+Fine-Tuning via a Data-Emphasized Variational Objective" (arXiv 2410.19675) and "Learning
+Hyperparameters via a Data-Emphasized Variational Objective" (arXiv 2502.01861), from the
+equations of METHODS.md Part A. The prior variances (lambda for the backbone, tau for the head,
+i.e. the L2-SP strengths) are learned inside one training run by maximising
+
+    L_kappa = kappa * sum_i E_q[log p(y_i | x_i, w)] - KL(q || p(w | lambda, tau))
+
+over a mean-field Gaussian q, with lambda and tau at their closed-form optimum every step (the
+``elbo`` tuner, ``hpobench_elbo/tasks/tuners/elbo.py``). The only search is over the initial
+learning rate: one trial per learning rate, each trained on **all** N labelled examples (no
+validation split, ``validation = "none"``); the recommendation is the ok trial with the lowest
+final training objective (mean NLL over 10 posterior samples + KL / (kappa N)), never a
+validation score (pitfall A.8-6).
+
+Methods:
+
+* ``de-elbo``: kappa = D / N (D = every trainable parameter of the model), the papers' method.
+* ``elbo``: kappa = 1, the plain ELBo baseline ("iso ELBO" of 2502.01861).
+
+Defaults (METHODS.md A.5): learning rates (1e-1, 1e-2, 1e-3, 1e-4), asked in that order; sigma
+init 1e-4 (softplus), one sigma shared by all weights (``per_parameter_sigma=True``: the diag
+variant), SGD with Nesterov momentum 0.9, no weight decay, total gradient norm clipped at 1.0,
+cosine annealing to 0 over the task's steps, 10 posterior samples for the selection score; prior
+``auto`` = L2-SP when the task has a pretrained backbone, else L2-zero (``prior="l2-zero"`` forces
+a zero mean). Steps, batch size and data come from the task's scale, as for every method.
+
+Configuration: the trial's config must validate against the task's search space, so every key
+other than ``lr`` gets a fixed value inside the space that the ELBo tuner ignores (it learns the
+regularisation itself): 0 for a log-scale float that admits 0 (e.g. ``weight_decay``), else the
+lowest value of a float or integer (e.g. ``momentum`` = 0.0 in the MLP tasks' space), else the first
+option of a choice. A space without ``lr`` is refused (``UserError``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from hpobench_elbo.contracts import AskContext, TaskInfo, TrialSpec, TunerSpec
+from hpobench_elbo.errors import UserError
+from hpobench_elbo.methods.base import SelectsBestScore
+from hpobench_elbo.space import Choice, Float, Int, Param, SearchSpace
+
+DEFAULT_LRS = (1e-1, 1e-2, 1e-3, 1e-4)
+PRIORS = ("auto", "l2-sp", "l2-zero")
+
+
+def placeholder_value(param: Param) -> Any:
+    """A fixed in-space value for a hyperparameter the ELBo tuner ignores (see the module doc)."""
+    if isinstance(param, Float):
+        return 0.0 if param.zero else float(param.lo)
+    if isinstance(param, Int):
+        return int(param.lo)
+    if isinstance(param, Choice):
+        return param.options[0]
+    raise UserError(f"unsupported hyperparameter type {type(param).__name__}")
+
+
+def _check_lrs(lrs: Any) -> tuple[float, ...]:
+    if isinstance(lrs, (str, bytes)) or not isinstance(lrs, Sequence) or not lrs:
+        raise UserError(f"lrs: expected a non-empty list of learning rates, got {lrs!r}")
+    out = []
+    for i, lr in enumerate(lrs):
+        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not (lr > 0 and math.isfinite(lr)):
+            raise UserError(f"lrs[{i}]: expected a positive number, got {lr!r}")
+        out.append(float(lr))
+    return tuple(out)
+
+
+class DataEmphasizedELBo(SelectsBestScore):
+    """One ``elbo``-tuner trial per learning rate on all N; recommends the lowest final training objective."""
+
+    name = "de-elbo"
+    validation = "none"
+    kappa: str | float = "data-emphasized"
+
+    def __init__(self, info: TaskInfo, seed: int, lrs: Sequence[float] = DEFAULT_LRS,
+                 per_parameter_sigma: bool = False, prior: str = "auto", sigma_init: float = 1e-4,
+                 selection_samples: int = 10) -> None:
+        super().__init__(info, seed)
+        options = {"lrs": lrs, "prior": prior, "sigma_init": sigma_init, "selection_samples": selection_samples}
+        self.check_values(options)
+        self.lrs = _check_lrs(lrs)
+        self.tuner_options = {
+            "kappa": self.kappa,
+            "per_parameter_sigma": bool(per_parameter_sigma),
+            "prior": prior,
+            "sigma_init": float(sigma_init),
+            "selection_samples": int(selection_samples),
+        }
+        self.fixed: dict[str, Any] = {}
+        if info is not None:
+            self.validate_options(info.space, options)
+            self.fixed = {name: placeholder_value(p) for name, p in info.space if name != "lr"}
+        self.position = 0
+
+    @staticmethod
+    def check_values(options: Mapping[str, Any]) -> None:
+        """Option values that need no task to judge."""
+        if "lrs" in options:
+            _check_lrs(options["lrs"])
+        prior = options.get("prior", "auto")
+        if prior not in PRIORS:
+            raise UserError(f"prior: expected one of {', '.join(PRIORS)}, got {prior!r}")
+        sigma_init = options.get("sigma_init", 1e-4)
+        if isinstance(sigma_init, bool) or not isinstance(sigma_init, (int, float)) or not sigma_init > 0:
+            raise UserError(f"sigma_init: expected a positive number, got {sigma_init!r}")
+        samples = options.get("selection_samples", 10)
+        if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+            raise UserError(f"selection_samples: expected an integer >= 1, got {samples!r}")
+
+    @staticmethod
+    def validate_options(space: SearchSpace, options: Mapping[str, Any]) -> None:
+        """The space must have ``lr`` and hold every learning rate of the sweep."""
+        DataEmphasizedELBo.check_values(options)
+        if "lr" not in space.names:
+            raise UserError(f"the ELBo methods need an 'lr' hyperparameter; the space has {', '.join(space.names)}")
+        for i, lr in enumerate(_check_lrs(options.get("lrs", DEFAULT_LRS))):
+            if not space["lr"].contains(lr):
+                raise UserError(f"lrs[{i}]: {lr!r} is outside lr's range {space['lr'].describe()}")
+
+    def ask(self, ctx: AskContext) -> TrialSpec | None:
+        if self.position >= len(self.lrs):
+            return None
+        lr = self.lrs[self.position]
+        self.position += 1
+        config = {**self.fixed, "lr": lr}
+        if self.info is not None:
+            config = {name: config[name] for name in self.info.space.names}  # the space's order
+        return TrialSpec(config=config, tuner=TunerSpec("elbo", dict(self.tuner_options)), data="all")
+
+
+class PlainELBo(DataEmphasizedELBo):
+    """The plain ELBo baseline (kappa = 1): the same sweep and selection."""
+
+    name = "elbo"
+    kappa = 1.0
+
+
+REGISTER = {DataEmphasizedELBo.name: DataEmphasizedELBo, PlainELBo.name: PlainELBo}
