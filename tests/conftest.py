@@ -1,0 +1,79 @@
+"""Shared helpers: write suite files, run the CLI in a subprocess, read ledgers, one shared small run."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+# A small, deterministic suite: digits-mlp at smoke scale under the CountingClock (~1 s per cell).
+SMALL_SUITE: dict[str, Any] = {
+    "name": "small",
+    "clock": "counting",
+    "clock_options": {"per_example": 0.001, "per_event": 0.001, "cache_read": 0.01},
+    "budget": 6.0,
+    "refit": True,
+    "threads": 1,
+    "seeds": [0, 1],
+    "tasks": [{"name": "digits-mlp", "scale": "smoke"}],
+    "methods": ["random", "grid"],
+}
+
+
+def write_suite(path: Path, suite: Mapping[str, Any] | str) -> Path:
+    """Write ``suite`` (a mapping, dumped as YAML, or raw text) to ``path``; return the path."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(suite if isinstance(suite, str) else yaml.safe_dump(dict(suite), sort_keys=False))
+    return path
+
+
+def run_cli(args: Sequence[str], env: Mapping[str, str] | None = None, timeout: float = 300,
+            cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """``python -m hpobench_elbo.cli ARGS`` in a fresh process (text output captured)."""
+    full_env = {**os.environ, **(env or {})}
+    full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), full_env.get("PYTHONPATH")]))
+    return subprocess.run([sys.executable, "-m", "hpobench_elbo.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, env=full_env, cwd=cwd or REPO)
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def ledgers(out_dir: Path) -> dict[str, list[dict[str, Any]]]:
+    """Cell id -> the records of its ledger (header, trials, end)."""
+    return {p.stem: read_jsonl(p) for p in sorted(Path(out_dir).glob("*.jsonl"))}
+
+
+@pytest.fixture
+def suite_file(tmp_path: Path) -> Callable[..., Path]:
+    """``suite_file(mapping_or_text, name="suite.yaml")`` writes a suite into ``tmp_path``."""
+
+    def make(suite: Mapping[str, Any] | str, name: str = "suite.yaml") -> Path:
+        return write_suite(tmp_path / name, suite)
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def small_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """One finished run of ``SMALL_SUITE`` (in process), shared read-only: (suite file, results dir).
+
+    Tests that change the results must copy the directory first.
+    """
+    from hpobench_elbo import api
+
+    root = tmp_path_factory.mktemp("small_run")
+    suite = write_suite(root / "small.yaml", SMALL_SUITE)
+    out = root / "results"
+    api.run(suite, out=out, device="cpu", progress=False)
+    return suite, out

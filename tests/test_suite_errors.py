@@ -1,0 +1,131 @@
+"""Bad input stops a run with exit code 2 and one line naming the file and the key path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from hpobench_elbo import cli
+
+from conftest import run_cli
+
+GOOD = """\
+name: good
+clock: counting
+budget: 5
+seeds: [0, 1]
+tasks:
+  - {name: digits-mlp, scale: smoke}
+methods:
+  - random
+  - grid
+"""
+
+
+def edit(old: str, new: str) -> str:
+    assert old in GOOD
+    return GOOD.replace(old, new)
+
+
+# (id, suite text, what the message must name besides the file)
+MALFORMED = [
+    ("invalid-yaml", GOOD + "methods: [random\n", ["invalid YAML"]),
+    ("tab-indented-yaml", edit("  - random", "\t- random"), ["invalid YAML"]),
+    ("not-a-mapping", "- random\n- grid\n", ["mapping"]),
+    ("unknown-top-level-key", GOOD + "budgett: 3\n", ["budgett"]),
+    ("budget-wrong-type", edit("budget: 5", 'budget: "lots"'), ["budget"]),
+    ("budget-zero", edit("budget: 5", "budget: 0"), ["budget"]),
+    ("budget-negative", edit("budget: 5", "budget: -2"), ["budget"]),
+    ("seeds-empty", edit("seeds: [0, 1]", "seeds: []"), ["seeds"]),
+    ("seeds-not-ints", edit("seeds: [0, 1]", "seeds: [zero]"), ["seeds[0]"]),
+    ("tasks-missing", edit("tasks:\n  - {name: digits-mlp, scale: smoke}\n", ""), ["tasks"]),
+    ("unknown-task", edit("name: digits-mlp", "name: imagenet-resnet"), ["tasks[0].name", "imagenet-resnet"]),
+    ("unknown-scale", edit("scale: smoke", "scale: huge"), ["tasks[0].scale", "huge"]),
+    ("unknown-task-key", edit("scale: smoke}", "scale: smoke, epochs: 3}"), ["tasks[0].epochs"]),
+    ("unknown-task-option", edit("scale: smoke}", "scale: smoke, options: {dropout: 0.5}}"),
+     ["tasks[0].options", "dropout"]),
+    ("unknown-method", edit("  - grid", "  - hyperband"), ["methods[1]", "hyperband"]),
+    ("unknown-method-option", edit("  - grid", "  - {name: grid, options: {bogus: 1}}"), ["methods[1]", "bogus"]),
+    ("unknown-method-key", edit("  - grid", "  - {name: grid, budget: 3}"), ["methods[1].budget"]),
+    ("grid-value-outside-space", edit("  - grid", "  - {name: grid, options: {values: {lr: [10.0]}}}"),
+     ["methods[1].options", "values.lr[0]", "10.0"]),
+    ("grid-unknown-hyperparameter", edit("  - grid", "  - {name: grid, options: {values: {dropout: [0.1]}}}"),
+     ["methods[1].options", "dropout"]),
+    ("bad-clock", edit("clock: counting", "clock: sundial"), ["clock"]),
+    ("bad-clock-option", edit("clock: counting", "clock: counting\nclock_options: {per_example: -1}"),
+     ["clock_options.per_example"]),
+    ("bad-executor", GOOD + "executor: slurm\n", ["executor"]),
+    ("threads-zero", GOOD + "threads: 0\n", ["threads"]),
+]
+
+
+@pytest.mark.parametrize(("text", "needles"), [pytest.param(t, n, id=i) for i, t, n in MALFORMED])
+def test_malformed_suite(tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, needles: list[str]) -> None:
+    path = tmp_path / "bad-suite.yaml"
+    path.write_text(text)
+    code = cli.main(["run", str(path), "--dry-run"])
+    out, err = capsys.readouterr()
+    assert code == 2
+    assert err.endswith("\n") and err.count("\n") == 1, err  # exactly one line
+    assert "Traceback" not in err and out == ""
+    assert str(path) in err
+    for needle in needles:
+        assert needle in err, (needle, err)
+
+
+def test_the_good_suite_is_valid(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "good.yaml"
+    path.write_text(GOOD)
+    assert cli.main(["run", str(path), "--dry-run"]) == 0
+    assert "4 cells" in capsys.readouterr().out
+
+
+def test_missing_suite_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "nowhere.yaml"
+    assert cli.main(["run", str(path), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(path) in err
+
+
+@pytest.mark.parametrize(("args", "needles"), [
+    (["--set", "budget=-1"], ["budget"]),
+    (["--set", "tasks.0.scale=huge"], ["tasks[0].scale", "huge"]),
+    (["--set", "tasks.7.scale=cpu"], ["tasks", "7"]),
+    (["--set", "budget"], ["budget", "KEY=VALUE"]),
+    (["--only", "method=nope"], ["method=nope"]),
+    (["--only", "colour=red"], ["colour=red"]),
+], ids=["set-negative-budget", "set-bad-scale", "set-no-such-item", "set-no-value", "only-no-match", "only-bad-key"])
+def test_bad_command_line_overrides(tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str],
+                                    needles: list[str]) -> None:
+    path = tmp_path / "good.yaml"
+    path.write_text(GOOD)
+    code = cli.main(["run", str(path), "--dry-run", *args])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1 and "Traceback" not in err
+    for needle in needles:
+        assert needle in err, (needle, err)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
+def test_device_cuda_without_a_gpu(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "good.yaml"
+    path.write_text(GOOD)
+    out = tmp_path / "out"
+    code = cli.main(["run", str(path), "--out", str(out), "--device", "cuda", "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "cuda" in err.lower() and "Traceback" not in err
+    assert not out.exists()  # refused before anything was written
+
+
+def test_bad_input_in_a_real_process(tmp_path: Path) -> None:
+    """The same contract end to end: a fresh interpreter, exit status 2, one line, no traceback."""
+    path = tmp_path / "bad.yaml"
+    path.write_text(edit("budget: 5", 'budget: "lots"'))
+    proc = run_cli(["run", str(path), "--dry-run"])
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+    assert str(path) in proc.stderr and "budget" in proc.stderr
+    assert proc.stdout == ""
