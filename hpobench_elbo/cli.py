@@ -68,6 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "run":
             plan = api.plan(args.suite, args.out, args.overrides, args.only)
             if args.dry_run:
+                api.resolve_device(args.device)
                 unit = "cost units" if plan.suite.clock == "counting" else "device-seconds"
                 total = 0.0
                 for cell in plan.cells:

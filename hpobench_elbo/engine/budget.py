@@ -17,14 +17,33 @@ excluded from the step's ``train`` charge, so no time is counted twice.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from hpobench_elbo.contracts import PHASES
 from hpobench_elbo.engine.clock import Clock
 
 RECORDED_PHASES = (*PHASES, "test")
+
+
+class _Unit:
+    """A unit of work in flight (see ``BudgetMeter.unit``)."""
+
+    __slots__ = ("meter", "phase", "examples", "check", "token", "nested_wall")
+
+    def __init__(self, meter: BudgetMeter, phase: str, examples: int, check: bool) -> None:
+        self.meter = meter
+        self.phase = phase
+        self.examples = examples
+        self.check = check
+        self.token = 0.0
+        self.nested_wall = 0.0
+
+    def __enter__(self) -> None:
+        self.meter._enter(self)
+
+    def __exit__(self, *exc: object) -> None:
+        self.meter._exit(self)
 
 
 class BudgetExhausted(Exception):
@@ -49,13 +68,15 @@ class BudgetMeter:
         self.reserve = 0.0
         self._by_phase = {p: 0.0 for p in RECORDED_PHASES}
         self._wall_charged = 0.0  # wall seconds inside charged units (harness overhead = the rest)
-        self._stack: list[list[float]] = []  # [token, wall of nested units]
+        self._stack: list[_Unit] = []
+        self._spent = 0.0  # running total of the charged phases
+        self._is_wall = bool(getattr(clock, "is_wall", False))
         self.last_unit_cost = 0.0  # cost of the most recently finished unit (cache accounting)
 
     # -- state ------------------------------------------------------------------------------
     @property
     def spent(self) -> float:
-        return float(sum(self._by_phase[p] for p in PHASES))
+        return self._spent
 
     @property
     def remaining(self) -> float:
@@ -96,37 +117,40 @@ class BudgetMeter:
     # -- charging ---------------------------------------------------------------------------
     def check(self) -> None:
         """Refuse new work once the budget, less any refit reserve, is spent."""
-        if self.spent >= self.budget - self.reserve:
+        if self._spent >= self.budget - self.reserve:
             what = "budget" if self.reserve == 0 else "budget less the refit reserve"
             raise BudgetExhausted(f"{what} ({self.budget - self.reserve:g} {self.unit_name}) spent")
 
-    @contextmanager
-    def unit(self, phase: str, examples: int = 0, check: bool = True) -> Iterator[None]:
-        """One indivisible unit of work: checked before it starts (outermost only), charged after.
+    def unit(self, phase: str, examples: int = 0, check: bool = True) -> _Unit:
+        """One indivisible unit of work, used as ``with meter.unit(phase, examples):``.
 
-        Nested units are never refused (the enclosing unit has started) and their wall time is
-        excluded from the enclosing unit's.
+        Checked before it starts (outermost units only), charged when it ends. Nested units are
+        never refused (the enclosing unit has started) and their wall time is excluded from the
+        enclosing unit's. A small class rather than a generator: it runs once per training step.
         """
-        if phase not in RECORDED_PHASES:
+        if phase not in self._by_phase:
             raise ValueError(f"unknown phase {phase!r}")
-        if check and not self._stack:
+        return _Unit(self, phase, examples, check)
+
+    def _enter(self, unit: _Unit) -> None:
+        if unit.check and not self._stack and self._spent >= self.budget - self.reserve:
             self.check()
-        frame = [self.clock.begin(), 0.0]
-        self._stack.append(frame)
-        try:
-            yield
-        finally:
-            self._stack.pop()
-            cost, wall = self.clock.end(frame[0], phase, examples)
-            nested_wall = frame[1]
-            if nested_wall and self.clock.is_wall:  # nested units are charged on their own
-                cost = max(0.0, cost - nested_wall)
-            self._by_phase[phase] += cost
-            self.last_unit_cost = cost
-            if self._stack:
-                self._stack[-1][1] += wall
-            elif phase != "test":
-                self._wall_charged += wall
+        self._stack.append(unit)
+        unit.token = self.clock.begin()
+
+    def _exit(self, unit: _Unit) -> None:
+        cost, wall = self.clock.end(unit.token, unit.phase, unit.examples)
+        self._stack.pop()
+        if unit.nested_wall and self._is_wall:  # nested units are charged on their own
+            cost = max(0.0, cost - unit.nested_wall)
+        self._by_phase[unit.phase] += cost
+        if unit.phase != "test":
+            self._spent += cost
+        self.last_unit_cost = cost
+        if self._stack:
+            self._stack[-1].nested_wall += wall
+        elif unit.phase != "test":
+            self._wall_charged += wall
 
     def charge(self, phase: str, amount: float) -> None:
         """Charge a known cost directly (a stage's stored true cost, a simulated stage)."""
@@ -135,8 +159,11 @@ class BudgetMeter:
         if amount < 0:
             raise ValueError("a charge cannot be negative")
         self._by_phase[phase] += float(amount)
+        if phase != "test":
+            self._spent += float(amount)
 
-    def restore(self, by_phase: Mapping[str, float]) -> None:
-        """Replay: set the cumulative per-phase cost recorded in the ledger (exact, no re-summing)."""
+    def restore(self, by_phase: Mapping[str, float], spent: float | None = None) -> None:
+        """Replay: set the cumulative per-phase cost and total recorded in the ledger (exact, no re-summing)."""
         for phase in RECORDED_PHASES:
             self._by_phase[phase] = float(by_phase.get(phase, 0.0))
+        self._spent = float(spent) if spent is not None else float(sum(self._by_phase[p] for p in PHASES))

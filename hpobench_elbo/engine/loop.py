@@ -136,6 +136,7 @@ class CellRunner:
     def __init__(self, cell: Cell, ctx: RunContext, cache: StageCache,
                  on_trial: Callable[[Cell, dict[str, Any]], None] | None = None) -> None:
         import torch
+        import torch._dynamo  # noqa: F401  (imported lazily by the first optimizer: keep it out of trial 1)
 
         torch.set_num_threads(cell.threads)
         self.cell = cell
@@ -195,7 +196,7 @@ class CellRunner:
                         f"(method asked {replayed}, ledger has {recorded}); the method or suite changed")
                 self.method.tell(spec, result.without_test())
             self.results[spec.trial_id] = result
-            self.meter.restore(row["meter"])
+            self.meter.restore(row["meter"], row["spent"])
             self.cache.paid_keys.update(result.cache_keys)
             self.recommendation = row.get("recommendation")
             self.next_id = spec.trial_id + 1
@@ -287,7 +288,7 @@ class CellRunner:
                     and not self.meter.exhausted:
                 self._refit()
             self.ledger.append({"reason": reason, "spent": self.meter.spent, "recommendation": self.recommendation,
-                                "overshoot": self.meter.overshoot}, kind="end")
+                                "overshoot": self.meter.overshoot, "meter": self.meter.by_phase()}, kind="end")
         end = self.ledger.end or {}
         return CellSummary(self.cell.cell_id, len(self.ledger.rows), float(end.get("spent", self.meter.spent)),
                            self.cell.budget, self.meter.unit_name, end.get("recommendation"),

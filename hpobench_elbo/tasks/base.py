@@ -78,6 +78,7 @@ class SupervisedTask:
         self.scale = replace(base, n=n if n is not None else base.n, steps=steps or base.steps,
                              batch_size=batch_size if batch_size is not None else base.batch_size)
         self.device = device
+        self._prepared: dict[int, Prepared] = {}
 
     # -- hooks ------------------------------------------------------------------------------
     @classmethod
@@ -101,7 +102,11 @@ class SupervisedTask:
 
     def prepare(self, data: DataSplits, pool_idx: np.ndarray, meter: BudgetMeter, cache: CacheView,
                 seeds: Seeds) -> Prepared:
-        """Turn the seed's labelled pool and the test set into tensors (override to add cached stages)."""
+        """Turn the seed's labelled pool and the test set into tensors (override to add cached stages).
+
+        The base version holds nothing a cell should pay for, so ``run`` keeps its result per
+        subset seed; an override with charged stages is called every trial (the cache charges).
+        """
         pool = data.pool.subset(pool_idx)
         return Prepared(self.to_tensor(pool.x), self.label_tensor(pool.y),
                         self.to_tensor(data.test.x), self.label_tensor(data.test.y))
@@ -139,7 +144,12 @@ class SupervisedTask:
 
     def run(self, spec: TrialSpec, meter: BudgetMeter, cache: CacheView, seeds: Seeds) -> TrialResult:
         self.info.space.validate(spec.config, where=f"trial {spec.trial_id} config")
-        prepared = self.prepare(self.data, self.pool_indices(seeds), meter, cache, seeds)
+        if type(self).prepare is SupervisedTask.prepare:
+            if seeds.subset not in self._prepared:
+                self._prepared[seeds.subset] = self.prepare(self.data, self.pool_indices(seeds), meter, cache, seeds)
+            prepared = self._prepared[seeds.subset]
+        else:
+            prepared = self.prepare(self.data, self.pool_indices(seeds), meter, cache, seeds)
         x, y = prepared.x_pool, prepared.y_pool
         if spec.data == "split":
             train_idx, val_idx = stratified_split(y.cpu().numpy(), VALIDATION_FRACTION,

@@ -24,8 +24,11 @@ Conventions: images are float32 ``(n, C, H, W)`` in ``[0, 1]``; texts are numpy 
 ``str``; tabular features are float32 ``(n, d)`` in their raw units (a task standardises them with
 statistics of its training data, never of the test set). Class labels are int64 ``0..K-1`` with
 the classes sorted (``classes`` keeps the original names); regression targets are float32.
-Loaded datasets are cached per process and their arrays are marked read-only: copy before
-changing them (``torch.tensor(x)`` copies; ``torch.from_numpy`` on a read-only array warns).
+Pool and test keep the order of the source files (the tweets file is sorted by class): draw
+training data with :func:`stratified_subset`, never by slicing a prefix. Loaded datasets are
+cached per process (a user file changed during a run is not re-read) and their arrays are marked
+read-only: copy before changing them (``torch.tensor(x)`` copies; ``torch.from_numpy`` on a
+read-only array warns).
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ catches divergence and errors, validates when the trial has a validation split, 
 
 from __future__ import annotations
 
+import collections
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -117,16 +118,19 @@ class Trainer:
                     idx = next_val()
                     return data.x_val[idx], data.y_val[idx]  # type: ignore[index]
 
-            last_losses: list[float] = []
+            last_losses: collections.deque[float] = collections.deque(maxlen=10)
+            threshold = self.objective.divergence_threshold
             for step in range(self.steps):
-                with meter.unit("train", examples=batch_size):  # drawing the batch is part of the step
+                with meter.unit("train", examples=batch_size):  # the batch draw and the check belong to the step
                     idx = next_train()
                     stats = tuner.step(model, (data.x_train[idx], data.y_train[idx]), step, val_batch)
-                if not math.isfinite(stats.loss) or abs(stats.loss) > self.objective.divergence_threshold:
+                    loss = stats.loss
+                    diverged = not math.isfinite(loss) or abs(loss) > threshold
+                    last_losses.append(loss)
+                if diverged:
                     return TrialResult(**base, status="diverged", steps=step + 1,
-                                       metrics={"train_loss": stats.loss}, trajectory=tuple(tuner.trajectory()),
-                                       error=f"loss {stats.loss:.4g} at step {step + 1}")
-                last_losses = (last_losses + [stats.loss])[-10:]
+                                       metrics={"train_loss": loss}, trajectory=tuple(tuner.trajectory()),
+                                       error=f"loss {loss:.4g} at step {step + 1}")
             step = self.steps
             eval_model = tuner.eval_model(model)
             metrics = {"train_loss": float(sum(last_losses) / max(1, len(last_losses)))}
