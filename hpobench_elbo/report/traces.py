@@ -28,7 +28,19 @@ def ledger_paths(path: str | Path) -> list[Path]:
 
 
 def load_results(path: str | Path) -> pd.DataFrame:
-    """One row per recorded trial of every ledger under ``path`` (a results dir or one ``.jsonl``)."""
+    """One row per recorded trial of every ledger under ``path`` (a results dir or one ``.jsonl``).
+
+    Columns: ``suite``, ``cell_id``, ``task``, ``scale``, ``method`` (the suite label),
+    ``method_name`` (the registry name), ``seed``, ``budget``, ``unit`` (the clock's unit),
+    ``device``, ``metric`` and ``direction`` (the task's test metric), ``trial_id``, ``kind``
+    (trial/refit), ``status`` (ok/cut/diverged/failed), ``data`` (split/all), ``tuner``, ``steps``,
+    ``n_train``, ``score`` and ``score_name`` (what the method selects on, lower is better),
+    ``spent`` (cumulative charged cost after the trial), ``cost`` (the trial's charged cost, ask
+    and tell included), ``overshoot``, ``recommendation`` (the trial the method would deploy after
+    this one), ``cache_hits``, ``cost_saved``, ``error``, ``config`` (JSON); and one column per
+    entry: ``cost_<phase>`` (``test`` is recorded, not charged), ``config_<param>``,
+    ``metric_<name>`` (training/validation metrics) and ``test_<name>`` (test metrics).
+    """
     records: list[dict[str, Any]] = []
     for ledger in ledger_paths(path):
         contents = read_ledger(ledger)

@@ -79,6 +79,7 @@ class SupervisedTask:
                              batch_size=batch_size if batch_size is not None else base.batch_size)
         self.device = device
         self._prepared: dict[int, Prepared] = {}
+        self._splits: dict[str, Any] = {}  # the last split made (key -> TrainData)
 
     # -- hooks ------------------------------------------------------------------------------
     @classmethod
@@ -150,14 +151,8 @@ class SupervisedTask:
             prepared = self._prepared[seeds.subset]
         else:
             prepared = self.prepare(self.data, self.pool_indices(seeds), meter, cache, seeds)
-        x, y = prepared.x_pool, prepared.y_pool
-        if spec.data == "split":
-            train_idx, val_idx = stratified_split(y.cpu().numpy(), VALIDATION_FRACTION,
-                                                  np.random.default_rng(seeds.split))
-            train_t, val_t = torch.as_tensor(train_idx), torch.as_tensor(val_idx)
-            data = TrainData(x[train_t], y[train_t], x[val_t], y[val_t])
-        else:
-            data = TrainData(x, y)
+        x = prepared.x_pool
+        data = self._split(prepared, spec.data, seeds)
         model, prior_mean = self.build_model(seeds.for_trial("init", spec.trial_id))
         noise = torch.Generator(device="cpu").manual_seed(seeds.for_trial("noise", spec.trial_id))
         trainer = Trainer(self.scale.steps, self.scale.batch_size, self.objective, self.device)
@@ -165,6 +160,21 @@ class SupervisedTask:
         if result.artifact is not None:
             result = replace(result, artifact=(result.artifact, prepared))
         return result
+
+    def _split(self, prepared: Prepared, use: str, seeds: Seeds) -> TrainData:
+        """All of the pool, or its stratified 80/20 train/validation split (the same for every trial of a seed)."""
+        x, y = prepared.x_pool, prepared.y_pool
+        if use != "split":
+            return TrainData(x, y)
+        reusable = prepared is self._prepared.get(seeds.subset)  # the per-seed tensors of the base prepare()
+        key = (seeds.subset, seeds.split)
+        if not reusable or self._splits.get("key") != key:
+            train_idx, val_idx = stratified_split(y.cpu().numpy(), VALIDATION_FRACTION,
+                                                  np.random.default_rng(seeds.split))
+            train_t = torch.as_tensor(train_idx, device=x.device)
+            val_t = torch.as_tensor(val_idx, device=x.device)
+            self._splits = {"key": key, "data": TrainData(x[train_t], y[train_t], x[val_t], y[val_t])}
+        return self._splits["data"]
 
     def test(self, result: TrialResult) -> dict[str, float]:
         model, prepared = result.artifact
