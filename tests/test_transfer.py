@@ -103,7 +103,7 @@ def test_learning_reaches_the_stated_threshold(cell: tuple[str, Path, list[dict]
     name, _, rows = cell
     assert [r["status"] for r in rows] == ["ok", "ok"], [r.get("error") for r in rows]
     for r in rows:
-        assert r["steps"] == SMOKE_STEPS and r["n_train"] == 80
+        assert r["steps"] == SMOKE_STEPS and 78 <= r["n_train"] <= 80  # 80% of N, stratified per class
         assert r["test"]["accuracy"] >= THRESHOLD[name], (name, r["test"])
 
 
@@ -158,10 +158,11 @@ def test_trained_top_moves_frozen_part_does_not(cell: tuple[str, Path, list[dict
     assert names and all(n.startswith(("backbone.", "head.")) for n in names)
     assert {n for n in names if n.startswith("backbone.")} == set(task.prior_mean)
     pretrained = task.backbone.pretrained_params()
-    moved = [torch.linalg.vector_norm(p.detach() - pretrained[n[len("backbone."):]]).item()
-             / max(torch.linalg.vector_norm(pretrained[n[len("backbone."):]]).item(), 1e-12)
-             for n, p in model.named_parameters() if n.startswith("backbone.")]
-    assert sum(m > 1e-4 for m in moved) >= 0.9 * len(moved), moved  # (nearly) every trained tensor moved
+    trained = {n[len("backbone."):]: p.detach() for n, p in model.named_parameters() if n.startswith("backbone.")}
+    assert all(not torch.equal(trained[n], pretrained[n]) for n in trained)  # every trained tensor moved
+    distance = torch.sqrt(sum(((trained[n] - pretrained[n]) ** 2).sum() for n in trained))
+    norm = torch.sqrt(sum((pretrained[n] ** 2).sum() for n in trained))
+    assert distance / norm >= 1e-3, float(distance / norm)  # and by a visible amount
     for key, value in task.backbone.frozen.state_dict().items():
         assert torch.equal(value, frozen_before[key]), key
     for key, value in shared.state_dict().items():

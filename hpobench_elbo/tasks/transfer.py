@@ -35,8 +35,9 @@ the task's memory, so every cell and trial reuses them. Scales also fix how many
 are evaluated (``test_examples``: a fixed stratified subset, seed :data:`TEST_SUBSET_SEED`; 0 or
 None at a scale means the whole test set).
 
-Scales (options override them: ``n``, ``steps``, ``batch_size``, ``resolution`` / ``max_tokens``,
-``trainable_blocks`` / ``trainable_layers``, ``augment``, ``test_examples``):
+Scales (options override them: ``n``, ``steps``, ``batch_size``, ``dataset``, ``test_examples``;
+images also ``resolution``, ``trainable_blocks``, ``augment``, ``bn_stats``; texts ``max_tokens``,
+``trainable_layers``):
 
 ============ ====== ===== ===== ============================ ==============================
 task/scale   N      steps batch backbone                     test examples
@@ -44,11 +45,23 @@ task/scale   N      steps batch backbone                     test examples
 image smoke  100    30    16    32 px, top block trainable   500
 image cpu    1000   400   32    64 px, top block trainable   all 2,000
 image gpu    all    1500  128   128 px, full fine-tuning,     all
-                                flips/shifts augmentation
+                                flip/shift/zoom augmentation
 text smoke   100    30    16    64 tokens, top layer         500
-text cpu     1000   400   32    64 tokens, top layer         2,000
+text cpu     1000   200   32    64 tokens, top layer         2,000
 text gpu     all    3000  64    64 tokens, full fine-tuning   all
 ============ ====== ===== ===== ============================ ==============================
+
+BatchNorm (images): at the smoke and cpu scales the trainable blocks keep their pretrained
+BatchNorm statistics (``bn_stats="frozen"``; the affine weights train): with batches of 16-32 and
+EfficientNet's BN momentum of 0.01, statistics updated in training mode would differ from those
+used at evaluation (measured: validation loss 15 against training loss 0.6). The gpu scale
+(batch 128, 1500 steps) updates them (``bn_stats="train"``).
+
+Measured (DeviceClock, seed 0, lr 0.01 / 0.03 for text, alpha = beta = 1e-4): image cpu on one
+CPU core, 22 device-seconds charged per first trial (7 s of it the feature stage), test accuracy
+0.92; image gpu on one H100, 84 GPU-seconds, test accuracy 0.99; text cpu on one core, 59
+device-seconds (a 9 s feature stage and 200 steps of about 0.25 s), test accuracy 0.70 on 2,000
+tweets.
 
 Every trial runs under its own seeded torch RNG (``noise`` seed of the trial: dropout,
 drop-connect, augmentation), so a trial repeats exactly on the same device.
@@ -94,7 +107,7 @@ __all__ = [
     "TransferTask",
     "l2sp_space",
     "run_stage",
-    "test_subset",
+    "fixed_test_subset",
     "trial_rng",
 ]
 
@@ -172,7 +185,7 @@ def run_stage(cache: CacheView, meter: BudgetMeter, *, task: str, stage: str, da
     return StageRun(output, known[key], False, key)
 
 
-def test_subset(y: np.ndarray, k: int | None) -> np.ndarray | None:
+def fixed_test_subset(y: np.ndarray, k: int | None) -> np.ndarray | None:
     """Sorted indices of a fixed stratified subset of ``k`` test examples (None: all of them)."""
     if not k or k >= len(y):
         return None
@@ -389,7 +402,7 @@ class TransferTask(SupervisedTask):
 
     @cached_property
     def _test_idx(self) -> np.ndarray | None:
-        return test_subset(self.data.test.y, self.test_examples)
+        return fixed_test_subset(self.data.test.y, self.test_examples)
 
     def test_data(self) -> tuple[Any, np.ndarray]:
         """The (fixed) test inputs and labels this scale evaluates on."""
@@ -434,7 +447,8 @@ class TransferTask(SupervisedTask):
         return info
 
 
-def _test_text(k: int | None) -> str:
+def describe_test_examples(k: int | None) -> str:
+    """How a scale's test set reads in ``hpobench-elbo list``."""
     return "test on all" if not k else f"test on {k}"
 
 
@@ -499,10 +513,11 @@ class ImageTransfer(TransferTask):
 
     def describe_scale(self, name: str, scale: Scale) -> str:
         e = scale.extra
-        blocks = "full fine-tuning" if e["trainable_blocks"] == -1 else f"top {e['trainable_blocks']} block(s) trainable"
+        blocks = ("full fine-tuning" if e["trainable_blocks"] == -1
+                  else f"top {e['trainable_blocks']} block(s) trainable")
         aug = ", flip/shift/zoom augmentation" if e["augment"] else ""
         return (f"{scale.describe()}, {e['resolution']} px, {blocks}{aug}, BatchNorm statistics {e['bn_stats']}, "
-                f"{_test_text(e['test_examples'])}")
+                f"{describe_test_examples(e['test_examples'])}")
 
 
 class TextTransfer(TransferTask):
@@ -516,7 +531,7 @@ class TextTransfer(TransferTask):
     SCALES = {
         "smoke": Scale(n=100, steps=30, batch_size=16,
                        extra={"max_tokens": 64, "trainable_layers": 1, "test_examples": 500}),
-        "cpu": Scale(n=1000, steps=400, batch_size=32,
+        "cpu": Scale(n=1000, steps=200, batch_size=32,  # about 0.24 s per step on one core
                      extra={"max_tokens": 64, "trainable_layers": 1, "test_examples": 2000}),
         "gpu": Scale(n=None, steps=3000, batch_size=64,
                      extra={"max_tokens": 64, "trainable_layers": -1, "test_examples": None}),
@@ -544,8 +559,10 @@ class TextTransfer(TransferTask):
 
     def describe_scale(self, name: str, scale: Scale) -> str:
         e = scale.extra
-        layers = "full fine-tuning" if e["trainable_layers"] == -1 else f"top {e['trainable_layers']} layer(s) trainable"
-        return f"{scale.describe()}, {e['max_tokens']} tokens, {layers}, {_test_text(e['test_examples'])}"
+        layers = ("full fine-tuning" if e["trainable_layers"] == -1
+                  else f"top {e['trainable_layers']} layer(s) trainable")
+        return (f"{scale.describe()}, {e['max_tokens']} tokens, {layers}, "
+                f"{describe_test_examples(e['test_examples'])}")
 
 
 REGISTER = {ImageTransfer.name: ImageTransfer, TextTransfer.name: TextTransfer}
