@@ -45,6 +45,10 @@ def suites(args: argparse.Namespace) -> list[dict[str, Any]]:
              {"name": "text-transfer", "scale": args.scale, "options": {"n": 1000}}]
     if args.quick:
         tasks = tasks[1:2]
+    elif args.tasks == "image":
+        tasks = tasks[:2]
+    elif args.tasks == "text":
+        tasks = tasks[2:]
     tied = {"name": "grid", "label": "grid-tied",
             "options": {"values": {"lr": LRS, "alpha": STRENGTHS}, "tie": {"beta": "alpha"}}}
     full = {"name": "grid", "label": "grid-full",
@@ -52,7 +56,9 @@ def suites(args: argparse.Namespace) -> list[dict[str, Any]]:
     common = {"clock": "device", "budget": BIG_BUDGET, "refit": True, "cache": True, "threads": args.threads}
     out = [{**common, "name": "elbo-vs-grid", "seeds": list(range(args.seeds)), "tasks": tasks,
             "methods": ["de-elbo", "elbo", tied]}]
-    if args.full_grid_seeds > 0 and not args.quick:
+    if args.only_full_grid:
+        out = []
+    if args.full_grid_seeds > 0 and not args.quick and args.tasks != "text":
         out.append({**common, "name": "elbo-vs-full-grid", "seeds": list(range(args.full_grid_seeds)),
                     "tasks": tasks[:1], "methods": [full]})
     return out
@@ -139,6 +145,9 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", default="results/elbo-vs-grid")
     parser.add_argument("--quick", action="store_true", help="image-transfer N=100 only, no full grid")
+    parser.add_argument("--tasks", choices=("all", "image", "text"), default="all")
+    parser.add_argument("--only-full-grid", action="store_true", help="run only the 144-point grid suite")
+    parser.add_argument("--no-run", action="store_true", help="analyse existing results only")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -148,7 +157,11 @@ def main() -> None:
         path = out / f"{suite['name']}.yaml"
         path.write_text(yaml.safe_dump(suite, sort_keys=False))
         results = out / suite["name"]
-        hb.run(path, out=results, device=args.device, progress=True)
+        if not args.no_run:
+            for summary in hb.run(path, out=results, device=args.device, progress=False):
+                print(f"  {summary.cell_id}: {summary.n_trials} trials, {summary.spent:.1f} {summary.unit}", flush=True)
+        if not results.exists():
+            continue
         frames.append(with_pool(hb.load_results(results), results))
     wall = time.perf_counter() - started
     frame = pd.concat(frames, ignore_index=True)
@@ -177,7 +190,8 @@ def main() -> None:
     sens = strength_sensitivity(frame)
     print(sens.to_string(index=False, float_format=lambda v: f"{v:.3g}") if len(sens) else "(no grid-tied cells)")
     print("\n== learned hyperparameters of every DE-ELBo / ELBo run (end of training)")
-    learned = pd.concat([learned_values(out / s["name"]) for s in suites(args)], ignore_index=True)
+    learned = pd.concat([learned_values(out / s["name"]) for s in suites(args) if (out / s["name"]).exists()],
+                        ignore_index=True)
     print(learned.to_string(index=False, float_format=lambda v: f"{v:.4g}") if len(learned) else "(none)")
     print(f"\nwall time of the benchmark: {wall / 3600:.2f} h; results under {out}")
     (out / "summary.json").write_text(json.dumps({"wall_s": wall, "unit": unit}, indent=1))
