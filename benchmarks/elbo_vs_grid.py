@@ -40,27 +40,28 @@ BIG_BUDGET = 1e7  # every method runs to its own end; the comparison is read off
 
 
 def suites(args: argparse.Namespace) -> list[dict[str, Any]]:
-    tasks = [{"name": "image-transfer", "scale": args.scale, "options": {"n": 1000}},
-             {"name": "image-transfer", "scale": args.scale, "options": {"n": 100}},
-             {"name": "text-transfer", "scale": args.scale, "options": {"n": 1000}}]
+    extra = {} if args.trainable_blocks is None else {"trainable_blocks": args.trainable_blocks}
+    tasks = [{"name": "image-transfer", "scale": args.scale, "options": {"n": n, **extra}} for n in args.pool_sizes]
+    tasks.append({"name": "text-transfer", "scale": args.scale, "options": {"n": 1000}})
     if args.quick:
-        tasks = tasks[1:2]
+        tasks = tasks[-2:-1]
     elif args.tasks == "image":
-        tasks = tasks[:2]
+        tasks = tasks[:-1]
     elif args.tasks == "text":
-        tasks = tasks[2:]
+        tasks = tasks[-1:]
     tied = {"name": "grid", "label": "grid-tied",
             "options": {"values": {"lr": LRS, "alpha": STRENGTHS}, "tie": {"beta": "alpha"}}}
     full = {"name": "grid", "label": "grid-full",
             "options": {"values": {"lr": LRS, "alpha": STRENGTHS, "beta": STRENGTHS}}}
     common = {"clock": "device", "budget": BIG_BUDGET, "refit": True, "cache": True, "threads": args.threads}
-    out = [{**common, "name": "elbo-vs-grid", "seeds": list(range(args.seeds)), "tasks": tasks,
+    tag = "" if args.trainable_blocks is None else f"-top{args.trainable_blocks}"
+    out = [{**common, "name": f"elbo-vs-grid{tag}", "seeds": list(range(args.seeds)), "tasks": tasks,
             "methods": ["de-elbo", "elbo", tied]}]
     if args.only_full_grid:
         out = []
     if args.full_grid_seeds > 0 and not args.quick and args.tasks != "text":
-        out.append({**common, "name": "elbo-vs-full-grid", "seeds": list(range(args.full_grid_seeds)),
-                    "tasks": tasks[:1], "methods": [full]})
+        out.append({**common, "name": f"elbo-vs-full-grid{tag}", "seeds": list(range(args.full_grid_seeds)),
+                    "tasks": tasks[:1], "methods": ["de-elbo", full]})
     return out
 
 
@@ -146,6 +147,8 @@ def main() -> None:
     parser.add_argument("--out", default="results/elbo-vs-grid")
     parser.add_argument("--quick", action="store_true", help="image-transfer N=100 only, no full grid")
     parser.add_argument("--tasks", choices=("all", "image", "text"), default="all")
+    parser.add_argument("--pool-sizes", type=int, nargs="+", default=[1000, 100], help="image-transfer N values")
+    parser.add_argument("--trainable-blocks", type=int, default=None, help="image-transfer trainable top blocks")
     parser.add_argument("--only-full-grid", action="store_true", help="run only the 144-point grid suite")
     parser.add_argument("--no-run", action="store_true", help="analyse existing results only")
     args = parser.parse_args()

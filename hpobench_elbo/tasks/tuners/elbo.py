@@ -237,10 +237,15 @@ class ELBoTuner:
         return {n: sigma for n in self.params}
 
     def _sample(self) -> dict[str, torch.Tensor]:
-        """w = m + sigma * eps, one eps for the whole minibatch (differentiable in m and rho)."""
+        """w = m + sigma * eps, one eps for the whole minibatch (differentiable in m and rho).
+
+        eps is drawn as one flat vector of D normals (one kernel) and viewed per parameter.
+        """
         sigmas = self._sigmas()
-        return {n: p + sigmas[n] * torch.randn(p.shape, generator=self.noise, dtype=p.dtype, device=p.device)
-                for n, p in self.params.items()}
+        first = next(iter(self.params.values()))
+        eps = torch.randn(self.n_params, generator=self.noise, dtype=first.dtype, device=first.device)
+        return {s.name: self.params[s.name] + sigmas[s.name] * eps[s.start:s.stop].view(s.shape)
+                for s in self.param_map}
 
     def prior_terms(self) -> dict[str, Any]:
         """KL pieces at the current (m, sigma): per group sq_dist, optimal variance, concentrated KL.
@@ -261,10 +266,10 @@ class ELBoTuner:
                 sum_log_var[s.group] = sum_log_var[s.group] + torch.log(var).sum()
         else:
             sigma2 = nn.functional.softplus(self.rho).to(f64).square()
-        for s in self.param_map:
-            p = self.params[s.name].to(f64)
-            diff = p - self.mu[s.name].to(f64) if s.name in self.mu else p
-            sq[s.group] = sq[s.group] + diff.square().sum()
+        for s in self.param_map:  # squares in the parameters' dtype, accumulated in float64 (pitfall A.8-4)
+            p = self.params[s.name]
+            diff = p - self.mu[s.name] if s.name in self.mu else p
+            sq[s.group] = sq[s.group] + (diff * diff).sum(dtype=f64)
         out: dict[str, Any] = {}
         kl = torch.zeros((), dtype=f64, device=self._device())
         for group, dim, key in (("backbone", self.n_backbone, "lambda"), ("head", self.n_head, "tau")):
@@ -332,8 +337,9 @@ class ELBoTuner:
             nn.utils.clip_grad_norm_(self._all, self.clip_norm)
         self.optimizer.step()
         self._steps_done = step + 1
-        objective = float(nll.detach()) + float(reg.detach())
-        return StepStats(loss=float(nll.detach()) if math.isfinite(objective) else objective, examples=len(x))
+        nll_value, reg_value = torch.stack([nll.detach().double(), reg.detach()]).tolist()  # one device sync
+        objective = nll_value + reg_value
+        return StepStats(loss=nll_value if math.isfinite(objective) else objective, examples=len(x))
 
     def eval_model(self, model: nn.Module) -> nn.Module:
         """The model itself: its parameters are the mean m (deterministic prediction)."""
