@@ -63,6 +63,7 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--tasks", nargs="*", default=None)
+    parser.add_argument("--once", action="store_true", help="skip the second trial in the same cell")
     args = parser.parse_args()
     device = resolve_device(args.device)
     torch.set_num_threads(args.threads)
@@ -81,7 +82,7 @@ def main() -> None:
             config = default_config(task, rng)
             started = time.perf_counter()
             first, metrics, status = run_trial(task, TrialSpec(config, trial_id=0), cache, seeds, device)
-            again, _, _ = run_trial(task, TrialSpec(config, trial_id=1), cache, seeds, device)
+            again = float("nan") if args.once else run_trial(task, TrialSpec(config, trial_id=1), cache, seeds, device)[0]
             ratio = ""
             stages = task.info.stages
             if len(stages) >= 3:
