@@ -362,7 +362,7 @@ class TextPipeline(PipelineTask):
                    "-> top-layer adaptation (adapt_lr, adapt_steps) -> logistic head (head_lr, head_l2)")
     PREP = "max_tokens"
     SCALES = {
-        "smoke": Scale(n=100, steps=50, batch_size=16, extra={"test_examples": 500}),
+        "smoke": Scale(n=300, steps=50, batch_size=16, extra={"test_examples": 500}),
         "cpu": Scale(n=1000, steps=100, batch_size=32, extra={"test_examples": 1000}),
         "gpu": Scale(n=8000, steps=200, batch_size=64, extra={"test_examples": None}),
     }

@@ -529,7 +529,7 @@ class TextTransfer(TransferTask):
     BUILTIN = ("tweets", "amazon-reviews")
     CUSTOM_PREFIX = "text-csv"
     SCALES = {
-        "smoke": Scale(n=100, steps=30, batch_size=16,
+        "smoke": Scale(n=300, steps=60, batch_size=16,  # smaller pools stay under twice chance
                        extra={"max_tokens": 64, "trainable_layers": 1, "test_examples": 500}),
         "cpu": Scale(n=1000, steps=200, batch_size=32,  # about 0.24 s per step on one core
                      extra={"max_tokens": 64, "trainable_layers": 1, "test_examples": 2000}),
