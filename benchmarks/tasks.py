@@ -29,7 +29,7 @@ from hpobench_elbo.engine.seeds import Seeds
 
 # A sensible default configuration per task family (keys not in a task's space are dropped).
 DEFAULTS: dict[str, Any] = {
-    "lr": 0.05, "weight_decay": 1e-4, "momentum": 0.9, "alpha": 1e-4, "beta": 1e-4,
+    "lr": 0.01, "weight_decay": 1e-4, "momentum": 0.9, "alpha": 1e-4, "beta": 1e-4,
     "head_lr": 0.05, "head_l2": 1e-4, "adapt_lr": 1e-2,
 }
 TASK_OPTIONS: dict[str, dict[str, Any]] = {

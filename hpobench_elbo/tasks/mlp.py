@@ -16,6 +16,15 @@ from hpobench_elbo.tasks.data import DataSplits, load_dataset
 from hpobench_elbo.tasks.trainer import Objective, cross_entropy_objective
 
 
+def optimizer_space() -> SearchSpace:
+    """Learning rate and weight decay (log; decay may be 0) and momentum: Clarke et al.'s knobs."""
+    return SearchSpace.of(
+        lr=Float(1e-4, 1.0, log=True, grid=(1.0, 1e-1, 1e-2, 1e-3)),
+        weight_decay=Float(1e-7, 1e-2, log=True, zero=True, grid=(1e-2, 1e-4, 1e-6, 0.0)),
+        momentum=Float(0.0, 0.99, grid=(0.0, 0.5, 0.9)),
+    )
+
+
 class MLP(nn.Module):
     """d_in -> hidden (ReLU) -> classes, on flattened inputs."""
 
@@ -36,11 +45,7 @@ class MLPClassification(SupervisedTask):
 
     @classmethod
     def space_for(cls, scale: str, **options: Any) -> SearchSpace:
-        return SearchSpace.of(
-            lr=Float(1e-4, 1.0, log=True, grid=(1.0, 1e-1, 1e-2, 1e-3)),
-            weight_decay=Float(1e-7, 1e-2, log=True, zero=True, grid=(1e-2, 1e-4, 1e-6, 0.0)),
-            momentum=Float(0.0, 0.99, grid=(0.0, 0.5, 0.9)),
-        )
+        return optimizer_space()
 
     def load(self) -> DataSplits:
         return load_dataset(self.dataset)

@@ -54,7 +54,6 @@ code, not through a tuner; a trial asking for another tuner is recorded as faile
 from __future__ import annotations
 
 import math
-from functools import cached_property
 from typing import Any, ClassVar
 
 import numpy as np
@@ -76,7 +75,7 @@ from hpobench_elbo.tasks.transfer import (
     EVAL_BATCH,
     FeatureStage,
     TransferModel,
-    fixed_test_subset,
+    fixed_test_data,
     run_stage,
     describe_test_examples,
     trial_rng,
@@ -151,14 +150,8 @@ class PipelineTask(SupervisedTask):
             self._feature_stages[prep] = FeatureStage(self.name, self.backbone(prep), params, self.device)
         return self._feature_stages[prep]
 
-    @cached_property
-    def _test_idx(self) -> np.ndarray | None:
-        return fixed_test_subset(self.data.test.y, self.test_examples)
-
     def test_data(self) -> tuple[Any, np.ndarray]:
-        idx = self._test_idx
-        test = self.data.test if idx is None else self.data.test.subset(idx)
-        return test.x, test.y
+        return fixed_test_data(self)
 
     # -- the stages -------------------------------------------------------------------------
     def _adapt(self, prep: int, z_pool: torch.Tensor, z_test: torch.Tensor, y_pool: torch.Tensor,

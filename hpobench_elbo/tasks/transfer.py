@@ -400,15 +400,8 @@ class TransferTask(SupervisedTask):
             head = nn.Linear(self.backbone.feature_dim, int(self.data.pool.n_classes or 0))
         return TransferModel(top, head, self.input_transform(), self.freeze_bn_stats), self.prior_mean
 
-    @cached_property
-    def _test_idx(self) -> np.ndarray | None:
-        return fixed_test_subset(self.data.test.y, self.test_examples)
-
     def test_data(self) -> tuple[Any, np.ndarray]:
-        """The (fixed) test inputs and labels this scale evaluates on."""
-        idx = self._test_idx
-        test = self.data.test if idx is None else self.data.test.subset(idx)
-        return test.x, test.y
+        return fixed_test_data(self)
 
     def prepare(self, data: DataSplits, pool_idx: np.ndarray, meter: BudgetMeter, cache: CacheView,
                 seeds: Seeds) -> Prepared:
@@ -445,6 +438,13 @@ class TransferTask(SupervisedTask):
         info = super().summary()
         info["scales"] = {name: self.describe_scale(name, s) for name, s in self.SCALES.items()}
         return info
+
+
+def fixed_test_data(task: SupervisedTask) -> tuple[Any, np.ndarray]:
+    """The (fixed) test inputs and labels a task's scale evaluates on (``task.test_examples``)."""
+    idx = fixed_test_subset(task.data.test.y, getattr(task, "test_examples", None))
+    test = task.data.test if idx is None else task.data.test.subset(idx)
+    return test.x, test.y
 
 
 def describe_test_examples(k: int | None) -> str:

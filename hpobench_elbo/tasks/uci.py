@@ -37,9 +37,10 @@ from hpobench_elbo.engine.budget import BudgetMeter
 from hpobench_elbo.engine.cache import CacheView
 from hpobench_elbo.engine.seeds import Seeds
 from hpobench_elbo.errors import UserError
-from hpobench_elbo.space import Float, SearchSpace
+from hpobench_elbo.space import SearchSpace
 from hpobench_elbo.tasks.base import VALIDATION_FRACTION, Prepared, Scale, SupervisedTask, seeded
 from hpobench_elbo.tasks.data import DataSplits, load_dataset, stratified_split
+from hpobench_elbo.tasks.mlp import optimizer_space
 from hpobench_elbo.tasks.trainer import Objective, TrainData, Trainer, mse_objective
 
 DATASETS: dict[str, str] = {
@@ -107,11 +108,7 @@ class UCIRegression(SupervisedTask):
     # -- hooks ------------------------------------------------------------------------------
     @classmethod
     def space_for(cls, scale: str, **options: Any) -> SearchSpace:
-        return SearchSpace.of(
-            lr=Float(1e-4, 1.0, log=True, grid=(1.0, 1e-1, 1e-2, 1e-3)),
-            weight_decay=Float(1e-7, 1e-2, log=True, zero=True, grid=(1e-2, 1e-4, 1e-6, 0.0)),
-            momentum=Float(0.0, 0.99, grid=(0.0, 0.5, 0.9)),
-        )
+        return optimizer_space()
 
     def load(self) -> DataSplits:
         return load_dataset(self.dataset)
