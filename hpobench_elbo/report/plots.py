@@ -36,7 +36,7 @@ def plot_traces(agg: pd.DataFrame, unit: str, metric: str, out: Path, title: str
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     if title:
-        fig.suptitle(title)
+        fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(out, dpi=120)
     plt.close(fig)
