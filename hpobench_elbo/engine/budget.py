@@ -39,7 +39,8 @@ class _Unit:
         self.token = 0.0
         self.nested_wall = 0.0
 
-    def __enter__(self) -> None:
+    def __enter__(self) -> None:  # a unit may be entered again after it ended (one per training loop)
+        self.nested_wall = 0.0
         self.meter._enter(self)
 
     def __exit__(self, *exc: object) -> None:

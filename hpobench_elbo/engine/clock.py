@@ -41,9 +41,8 @@ class DeviceClock:
     def unit(self) -> str:
         return "GPU-seconds" if self.device.startswith("cuda") else "device-seconds (CPU)"
 
-    @property
-    def _cuda(self) -> bool:
-        return self.device.startswith("cuda")
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_cuda", self.device.startswith("cuda"))
 
     def begin(self) -> float:
         if self._cuda:

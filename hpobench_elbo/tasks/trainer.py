@@ -120,8 +120,9 @@ class Trainer:
 
             last_losses: collections.deque[float] = collections.deque(maxlen=10)
             threshold = self.objective.divergence_threshold
+            step_unit = meter.unit("train", examples=batch_size)  # one unit object, entered once per step
             for step in range(self.steps):
-                with meter.unit("train", examples=batch_size):  # the batch draw and the check belong to the step
+                with step_unit:  # the batch draw and the divergence check belong to the step
                     idx = next_train()
                     stats = tuner.step(model, (data.x_train[idx], data.y_train[idx]), step, val_batch)
                     loss = stats.loss
