@@ -37,13 +37,18 @@ class SGDTuner:
     score_name = "validation loss"
 
     def __init__(self, momentum: float = 0.9, nesterov: bool = True, schedule: str = "cosine",
-                 clip_norm: float | None = None) -> None:
+                 clip_norm: float | None = None, per_parameter_lr: bool = False) -> None:
+        """``per_parameter_lr``: the learning rate is a tensor shaped like each parameter (one rate per
+        weight element, all starting at the configured ``lr``), as the high-dimensional learning-rate
+        variant of Clarke et al. (METHODS.md B.1) needs; ``lr_tensors`` exposes them. The update is
+        PyTorch's SGD (weight decay added to the gradient, then momentum, Nesterov) done by hand."""
         if schedule not in ("cosine", "constant"):
             raise UserError(f"sgd tuner: schedule must be 'cosine' or 'constant', got {schedule!r}")
         self.default_momentum = momentum
         self.nesterov = nesterov
         self.schedule = schedule
         self.clip_norm = clip_norm
+        self.per_parameter_lr = per_parameter_lr
 
     def init(self, model: nn.Module, info: TaskInfo, config: Mapping[str, Any], setup: TrainSetup) -> None:
         self.setup = setup
@@ -53,6 +58,11 @@ class SGDTuner:
         self.beta = float(config.get("beta", 0.0))
         self.lr = float(config["lr"])
         momentum = float(config.get("momentum", self.default_momentum))
+        self.momentum = momentum
+        self.weight_decay = float(config.get("weight_decay", 0.0))
+        self.lr_tensors = {n: torch.full_like(p, self.lr) for n, p in self.params.items()} \
+            if self.per_parameter_lr else {}
+        self.buffers: dict[str, torch.Tensor] = {}
         self.optimizer = torch.optim.SGD(
             list(self.params.values()), lr=self.lr, momentum=momentum,
             weight_decay=float(config.get("weight_decay", 0.0)), nesterov=self.nesterov and momentum > 0)
@@ -75,8 +85,26 @@ class SGDTuner:
         objective.backward()
         if self.clip_norm is not None:
             nn.utils.clip_grad_norm_(list(self.params.values()), self.clip_norm)
-        self.optimizer.step()
+        if self.per_parameter_lr:
+            self._elementwise_step(self._lr_at(step) / self.lr if self.lr else 0.0)
+        else:
+            self.optimizer.step()
         return StepStats(loss=float(loss.detach()), examples=len(x))
+
+    @torch.no_grad()
+    def _elementwise_step(self, schedule_factor: float) -> None:
+        """p -= factor * lr_tensor * d, with d from PyTorch's SGD rule (wd, momentum, Nesterov)."""
+        nesterov = self.nesterov and self.momentum > 0
+        for name, p in self.params.items():
+            if p.grad is None:
+                continue
+            d = p.grad.add(p, alpha=self.weight_decay) if self.weight_decay else p.grad
+            if self.momentum > 0:
+                buf = self.buffers.get(name)
+                buf = d.clone() if buf is None else buf.mul_(self.momentum).add_(d)
+                self.buffers[name] = buf
+                d = d.add(buf, alpha=self.momentum) if nesterov else buf
+            p.sub_(schedule_factor * self.lr_tensors[name] * d)
 
     def eval_model(self, model: nn.Module) -> nn.Module:
         return model
