@@ -133,12 +133,26 @@ def status(results_dir: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
+def data_sizes(task: Any) -> str:
+    """The task's data: labelled pool size, test size and classes (loads the data), or why not."""
+    if not hasattr(type(task), "data"):
+        return "no data set (simulated)"
+    try:
+        splits = task.data
+    except UserError as exc:
+        return f"not installed: {exc}"
+    classes = f", {splits.pool.n_classes} classes" if splits.pool.n_classes else ", regression"
+    return f"{splits.pool.name}: pool {len(splits.pool):,}, test {len(splits.test):,}{classes}"
+
+
 def list_registered() -> dict[str, Any]:
     """Tasks (with scales and search spaces) and methods."""
     tasks = {}
     for name in TASKS.names():
         cls = TASKS.get(name)
-        tasks[name] = cls(scale=next(iter(cls.SCALES))).summary() if hasattr(cls, "summary") else {"name": name}
+        task = cls(scale=next(iter(cls.SCALES)))
+        tasks[name] = task.summary() if hasattr(task, "summary") else {"name": name}
+        tasks[name]["data"] = data_sizes(task)
     methods = {}
     for name in METHODS.names():
         cls = METHODS.get(name)

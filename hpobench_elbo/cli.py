@@ -98,6 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("tasks:")
             for name, info in listing["tasks"].items():
                 print(f"  {name}: {info.get('description', '')}")
+                print(f"      data: {info.get('data', '')}")
                 for scale, text in info.get("scales", {}).items():
                     print(f"      scale {scale}: {text}")
                 if info.get("space"):
