@@ -40,6 +40,9 @@ def test_list_shows_tasks_with_scales_and_spaces_and_methods(capsys: pytest.Capt
         assert "space: lr: float[0.0001, 1] log" in block
         assert "weight_decay: float[1e-07, 0.01] log or 0" in block and "momentum:" in block
     assert "N=all, 1500 steps, batch 50" in entries["mnist-mlp"]  # the scale's real numbers
+    assert "data: mnist-5k: pool 4,000, test 1,000, 10 classes" in entries["mnist-mlp"]  # loaded, not declared
+    for task in TASKS.names():  # every registered task is listed with its data and space
+        assert "data: " in entries[task] and "space: " in entries[task], task
     methods = text[text.index("methods:"):]
     for method in ("random", "grid"):
         assert f"  {method} (validation: selection)" in methods
