@@ -168,7 +168,8 @@ class TrialResult:
             "score_name": self.score_name,
             "metrics": {k: finite(v) for k, v in self.metrics.items()},
             "test": None if self.test is None else {k: finite(v) for k, v in self.test.items()},
-            "trajectory": [dict(t) for t in self.trajectory],
+            "trajectory": [{k: finite(v) if isinstance(v, float) else v for k, v in t.items()}
+                           for t in self.trajectory],
             "cache_hits": self.cache_hits,
             "cache_misses": self.cache_misses,
             "cost_saved": float(self.cost_saved),

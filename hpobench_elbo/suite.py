@@ -125,7 +125,10 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str], where: str) -
         key, sep, text = item.partition("=")
         if not sep or not key:
             raise SuiteError(f"--set {item!r}: expected KEY=VALUE")
-        value = yaml.safe_load(text)
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            raise SuiteError(f"{where}: --set {item!r}: invalid YAML value") from None
         node: Any = raw
         parts = key.split(".")
         for i, part in enumerate(parts):
@@ -160,7 +163,10 @@ def _check_registries(suite: Suite, where: str) -> None:
                              f"{task.name!r}; known: {', '.join(scales)}")
         try:
             TASKS.check_options(task.name, scale=task.scale, device="cpu", **task.options)
+            TASKS.create(task.name, scale=task.scale, device="cpu", **task.options)  # cheap: no data loads
         except UserError as exc:
+            raise SuiteError(f"{where}: tasks[{i}].options: {exc}") from None
+        except (TypeError, ValueError) as exc:
             raise SuiteError(f"{where}: tasks[{i}].options: {exc}") from None
     for j, method in enumerate(suite.methods):
         try:

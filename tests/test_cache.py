@@ -28,7 +28,7 @@ from hpobench_elbo.tasks.synthetic import STAGES, SyntheticPipeline, stage_costs
 
 READ = 0.1  # the cache read price (EEIPU's epsilon in C.5) used throughout
 CLOCK = CountingClock(per_example=1e-3, per_event=1e-3, cache_read=READ)
-UNIT = CLOCK.unit
+UNIT = CLOCK.cache_key  # what a stage key holds: the unit and, for a counting clock, its prices
 
 
 def meter(budget: float = 1e6) -> BudgetMeter:

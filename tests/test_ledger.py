@@ -187,3 +187,27 @@ def test_a_changed_suite_is_refused_unless_forced(tmp_path: Path, capsys: pytest
     assert len(list(out.glob("*.jsonl"))) == 3
     for path in out.glob("*.jsonl"):
         assert read_ledger(path).end is not None
+
+
+def test_non_finite_trajectory_values_are_written_as_null(tmp_path: Path) -> None:
+    """A diverged tuner records NaN in its trajectory; the row must still be written (null)."""
+    from hpobench_elbo.contracts import TrialResult, TrialSpec
+    from hpobench_elbo.engine.ledger import Ledger
+
+    ledger = Ledger.open(tmp_path / "c.jsonl", {"cell": {"x": 1}, "suite_hash": "h"})
+    result = TrialResult(spec=TrialSpec({"lr": 0.1}, trial_id=0), status="diverged", cost={"train": 1.0},
+                         trajectory=({"step": 1, "nll": float("nan"), "kl": float("inf")},))
+    ledger.append(result.to_json())
+    row = read_ledger(tmp_path / "c.jsonl").rows[0]
+    assert row["trajectory"] == [{"step": 1, "nll": None, "kl": None}] and row["status"] == "diverged"
+
+
+def test_a_torn_header_line_is_moved_aside_and_the_ledger_starts_again(tmp_path: Path) -> None:
+    from hpobench_elbo.engine.ledger import Ledger
+
+    path = tmp_path / "c.jsonl"
+    path.write_text('{"type": "header", "sche')  # the crash came while the first line was written
+    with pytest.warns(UserWarning, match="torn"):
+        ledger = Ledger.open(path, {"cell": {"x": 1}, "suite_hash": "h"})
+    assert ledger.rows == [] and read_ledger(path).header["cell"] == {"x": 1}
+    assert (tmp_path / "c.jsonl.torn").read_text().startswith('{"type": "header", "sche')

@@ -58,6 +58,18 @@ MALFORMED = [
      ["clock_options.per_example"]),
     ("bad-executor", GOOD + "executor: slurm\n", ["executor"]),
     ("threads-zero", GOOD + "threads: 0\n", ["threads"]),
+    ("grid-values-not-a-mapping", edit("  - grid", "  - {name: grid, options: {values: [1, 2]}}"),
+     ["methods[1].options", "values"]),
+    ("grid-tie-chain", edit("  - grid", "  - {name: grid, options: {tie: {lr: momentum, momentum: weight_decay}}}"),
+     ["methods[1].options", "tie"]),
+    ("grid-bad-resolution", edit("  - grid", "  - {name: grid, options: {resolution: 1.5}}"),
+     ["methods[1].options", "resolution"]),
+    ("random-bad-max-trials", edit("  - random", '  - {name: random, options: {max_trials: "x"}}'),
+     ["methods[0].options", "max_trials"]),
+    ("task-option-wrong-type", edit("scale: smoke}", "scale: smoke, options: {steps: abc}}"),
+     ["tasks[0].options", "steps"]),
+    ("task-batch-size-zero", edit("scale: smoke}", "scale: smoke, options: {batch_size: 0}}"),
+     ["tasks[0].options", "batch_size"]),
 ]
 
 
@@ -94,9 +106,11 @@ def test_missing_suite_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     (["--set", "tasks.0.scale=huge"], ["tasks[0].scale", "huge"]),
     (["--set", "tasks.7.scale=cpu"], ["tasks", "7"]),
     (["--set", "budget"], ["budget", "KEY=VALUE"]),
+    (["--set", "budget=[1"], ["--set", "invalid YAML"]),
     (["--only", "method=nope"], ["method=nope"]),
     (["--only", "colour=red"], ["colour=red"]),
-], ids=["set-negative-budget", "set-bad-scale", "set-no-such-item", "set-no-value", "only-no-match", "only-bad-key"])
+], ids=["set-negative-budget", "set-bad-scale", "set-no-such-item", "set-no-value", "set-bad-yaml", "only-no-match",
+       "only-bad-key"])
 def test_bad_command_line_overrides(tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str],
                                     needles: list[str]) -> None:
     path = tmp_path / "good.yaml"

@@ -143,7 +143,7 @@ class CacheView:
         ``examples`` prices the computation under a counting clock; ``simulated_cost`` replaces
         the measured cost entirely (synthetic pipelines with known stage costs).
         """
-        key = stage_key(task, stage, data_seed, params, meter.unit_name)
+        key = stage_key(task, stage, data_seed, params, getattr(meter.clock, "cache_key", meter.unit_name))
         description = {"task": task, "stage": stage, "data_seed": data_seed, "params": dict(params)}
         if key in self.paid_keys and self.store.enabled:  # a disabled store has nothing to read
             with meter.unit("cache"):

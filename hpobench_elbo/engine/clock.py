@@ -71,6 +71,11 @@ class CountingClock:
     unit: str = "cost units"
     is_wall: bool = False
 
+    @property
+    def cache_key(self) -> str:
+        """Stage-cache entries store costs at these prices, so the prices are part of their key."""
+        return f"{self.unit} ({self.per_example:g}/example, {self.per_event:g}/event, {self.cache_read:g}/read)"
+
     def begin(self) -> float:
         return time.perf_counter()
 

@@ -105,6 +105,8 @@ class Ledger:
         """
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
+        if path.exists() and path.stat().st_size > 0 and b"\n" not in path.read_bytes():
+            cls._move_torn(path, path.read_text(encoding="utf-8", errors="replace"))  # a torn header line
         if not path.exists() or path.stat().st_size == 0:
             full = {"type": "header", "schema": SCHEMA_VERSION, **header,
                     "created": datetime.now(timezone.utc).isoformat()}
@@ -128,7 +130,7 @@ class Ledger:
 
     @staticmethod
     def _move_torn(path: Path, torn: str) -> None:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8", errors="replace")
         keep = text[: text.rfind(torn)]
         if keep and not keep.endswith("\n"):
             keep += "\n"

@@ -156,6 +156,7 @@ class CellRunner:
         self.recommendation: int | None = None
         self.refit_enabled = cell.refit and self.method.validation == "selection"
         self.refit_done = False
+        self.stop_reason = "budget"
         self.next_id = 0
 
     # -- helpers ----------------------------------------------------------------------------
@@ -185,6 +186,7 @@ class CellRunner:
             spec = result.spec
             if spec.kind == "refit":
                 self.refit_done = True
+                self.stop_reason = row.get("stop_reason", self.stop_reason)
             else:
                 asked = self.method.ask(self._ask_context())
                 recorded = _normal({k: row[k] for k in ("config", "tuner", "data")})
@@ -219,12 +221,12 @@ class CellRunner:
         return dataclasses.replace(result, cache_hits=stats.hits, cache_misses=stats.misses,
                                    cost_saved=stats.cost_saved, cache_keys=tuple(stats.paid_keys))
 
-    def _record(self, result: TrialResult, before: Any) -> None:
+    def _record(self, result: TrialResult, before: Any, **extra: Any) -> None:
         cost, overshoot = self.meter.since(before)
         result = result.with_cost(cost, overshoot)
         self.results[result.spec.trial_id] = result
         row = {**result.to_json(), "recommendation": self.recommendation, "spent": self.meter.spent,
-               "meter": self.meter.by_phase(), "unit": self.meter.unit_name}
+               "meter": self.meter.by_phase(), "unit": self.meter.unit_name, **extra}
         self.ledger.append(row)
         if self.on_trial:
             self.on_trial(self.cell, row)
@@ -265,29 +267,28 @@ class CellRunner:
         if result.status == "ok":
             self.recommendation = spec.trial_id
         self.refit_done = True
-        self._record(result, before)
+        self._record(result, before, stop_reason=self.stop_reason)
 
     # -- the cell ---------------------------------------------------------------------------
     def run(self) -> CellSummary:
         if self.ledger.end is None:
             self.replay()
-            reason = "budget"
             while not self.refit_done:
                 if self.meter.exhausted:
                     break
                 if self.refit_enabled and self.recommendation is not None and self.meter.searchable <= 0:
-                    reason = "refit reserve"
+                    self.stop_reason = "refit reserve"
                     break
                 try:
                     if not self._search_step():
-                        reason = "method done"
+                        self.stop_reason = "method done"
                         break
                 except BudgetExhausted:  # the ask itself found the budget spent
                     break
             if self.refit_enabled and not self.refit_done and self.recommendation is not None \
                     and not self.meter.exhausted:
                 self._refit()
-            self.ledger.append({"reason": reason, "spent": self.meter.spent, "recommendation": self.recommendation,
+            self.ledger.append({"reason": self.stop_reason, "spent": self.meter.spent, "recommendation": self.recommendation,
                                 "overshoot": self.meter.overshoot, "meter": self.meter.by_phase()}, kind="end")
         end = self.ledger.end or {}
         return CellSummary(self.cell.cell_id, len(self.ledger.rows), float(end.get("spent", self.meter.spent)),

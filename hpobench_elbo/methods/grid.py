@@ -39,7 +39,7 @@ class GridSearch(SelectsBestScore):
                  resolution: int | None = None, tie: Mapping[str, str] | None = None, shuffle: bool = True) -> None:
         super().__init__(info, seed)
         if info is not None:
-            self.validate_options(info.space, {"values": values, "tie": tie})
+            self.validate_options(info.space, {"values": values, "tie": tie, "resolution": resolution})
             self.points = grid_points(info.space, values, resolution, tie)
             if shuffle:
                 order = np.random.default_rng(seed).permutation(len(self.points))
@@ -48,15 +48,26 @@ class GridSearch(SelectsBestScore):
 
     @staticmethod
     def validate_options(space: SearchSpace, options: Mapping[str, Any]) -> None:
-        """Explicit grid values must lie in the space; tied names must exist."""
-        for name, vals in (options.get("values") or {}).items():
+        """Explicit grid values must lie in the space; tied names must exist and not chain."""
+        values, tie, resolution = options.get("values"), options.get("tie"), options.get("resolution")
+        if values is not None and not isinstance(values, Mapping):
+            raise SpaceError("values: expected a mapping of parameter -> list of values")
+        if tie is not None and not isinstance(tie, Mapping):
+            raise SpaceError("tie: expected a mapping of parameter -> the parameter whose value it takes")
+        if resolution is not None and (isinstance(resolution, bool) or not isinstance(resolution, int)
+                                       or resolution < 1):
+            raise SpaceError(f"resolution: expected an integer >= 1, got {resolution!r}")
+        for name, other in (tie or {}).items():
+            if name == other or other in (tie or {}):
+                raise SpaceError(f"tie.{name}: must name a parameter that is not itself tied, got {other!r}")
+        for name, vals in (values or {}).items():
             space[name]
             if isinstance(vals, (str, bytes)) or not isinstance(vals, Sequence) or not vals:
                 raise SpaceError(f"values.{name}: expected a non-empty list of values")
             for i, v in enumerate(vals):
                 if not space[name].contains(v):
                     raise SpaceError(f"values.{name}[{i}]: {v!r} is outside {space[name].describe()}")
-        for name, other in (options.get("tie") or {}).items():
+        for name, other in (tie or {}).items():
             space[name]
             space[other]
 

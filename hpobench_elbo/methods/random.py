@@ -10,6 +10,7 @@ from __future__ import annotations
 import optuna
 
 from hpobench_elbo.contracts import AskContext, TaskInfo, TrialResult, TrialSpec, TunerSpec
+from hpobench_elbo.errors import UserError
 from hpobench_elbo.methods.base import SelectsBestScore
 
 
@@ -19,12 +20,21 @@ class RandomSearch(SelectsBestScore):
 
     def __init__(self, info: TaskInfo, seed: int, max_trials: int | None = None) -> None:
         super().__init__(info, seed)
+        self.validate_options(None, {"max_trials": max_trials})
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         self.max_trials = max_trials
         self.study = optuna.create_study(direction="minimize", sampler=optuna.samplers.RandomSampler(seed=seed))
         self.distributions = info.space.to_optuna()
         self.pending: optuna.trial.Trial | None = None
         self.asked = 0
+
+    @staticmethod
+    def validate_options(space: object, options: dict) -> None:
+        """``max_trials`` is None or an integer >= 1."""
+        max_trials = options.get("max_trials")
+        if max_trials is not None and (isinstance(max_trials, bool) or not isinstance(max_trials, int)
+                                       or max_trials < 1):
+            raise UserError(f"max_trials: expected an integer >= 1, got {max_trials!r}")
 
     def ask(self, ctx: AskContext) -> TrialSpec | None:
         if self.max_trials is not None and self.asked >= self.max_trials:

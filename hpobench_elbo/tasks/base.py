@@ -73,6 +73,9 @@ class SupervisedTask:
                  steps: int | None = None, batch_size: int | None = None) -> None:
         if scale not in self.SCALES:
             raise UserError(f"task {self.name!r}: unknown scale {scale!r}; known: {', '.join(self.SCALES)}")
+        for key, value in (("n", n), ("steps", steps), ("batch_size", batch_size)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise UserError(f"task {self.name!r}: option {key} must be an integer >= 1, got {value!r}")
         base = self.SCALES[scale]
         self.scale_name = scale
         self.scale = replace(base, n=n if n is not None else base.n, steps=steps or base.steps,
