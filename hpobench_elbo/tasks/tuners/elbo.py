@@ -43,6 +43,7 @@ from torch.func import functional_call
 
 from hpobench_elbo.contracts import StepStats, TaskInfo, TrainSetup
 from hpobench_elbo.errors import UserError
+from hpobench_elbo.tasks.tuners.sgd import cosine_lr
 
 PRIORS = ("auto", "l2-sp", "l2-zero")
 DATA_EMPHASIZED = "data-emphasized"
@@ -315,15 +316,12 @@ class ELBoTuner:
         row.update(extra)
         self._trajectory.append(row)
 
-    def _lr_at(self, step: int) -> float:
-        return 0.5 * self.lr * (1.0 + math.cos(math.pi * step / max(1, self.total_steps)))
-
     # -- the contract -------------------------------------------------------------------------------
     def step(self, model: nn.Module, batch: tuple[torch.Tensor, ...], step: int,
              val_batch: Callable[[], tuple[torch.Tensor, ...]] | None) -> StepStats:
         x, y = batch
         for group in self.optimizer.param_groups:
-            group["lr"] = self._lr_at(step)
+            group["lr"] = cosine_lr(self.lr, step, self.total_steps)
         self.optimizer.zero_grad(set_to_none=True)
         nll = self.setup.loss_fn(functional_call(model, self._sample(), (x,)), y)
         nll.backward()

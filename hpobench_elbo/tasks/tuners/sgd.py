@@ -31,6 +31,11 @@ def l2sp_penalty(params: Mapping[str, torch.Tensor], prior_mean: Mapping[str, to
     return total
 
 
+def cosine_lr(lr: float, step: int, total_steps: int) -> float:
+    """The learning rate at ``step`` of a cosine annealing from ``lr`` to 0 over ``total_steps``."""
+    return 0.5 * lr * (1.0 + math.cos(math.pi * step / max(1, total_steps)))
+
+
 class SGDTuner:
     """SGD with weight decay, (Nesterov) momentum, a cosine or constant schedule and the L2-SP penalty."""
 
@@ -71,7 +76,7 @@ class SGDTuner:
     def _lr_at(self, step: int) -> float:
         if self.schedule == "constant":
             return self.lr
-        return 0.5 * self.lr * (1.0 + math.cos(math.pi * step / max(1, self.total_steps)))
+        return cosine_lr(self.lr, step, self.total_steps)
 
     def step(self, model: nn.Module, batch: tuple[torch.Tensor, ...], step: int,
              val_batch: Callable[[], tuple[torch.Tensor, ...]] | None) -> StepStats:
