@@ -206,14 +206,37 @@ class TrialResult:
 
 
 @dataclass(frozen=True)
+class PaidPrefix:
+    """A stage prefix (stages 1..k of the task's pipeline) that this cell has computed and paid for.
+
+    ``stages`` are the names of stages 1..k, ``values`` the canonical values (``space.canonical``)
+    of every parameter those stages consume, ``stage_costs`` the true cost of each of the k stages
+    as the stage cache recorded it (in the cell's clock unit). A trial whose configuration agrees
+    with ``values`` on those parameters reads the k stages from the cache at ``AskContext.read_price``
+    each instead of paying ``stage_costs``.
+    """
+
+    stages: tuple[str, ...]
+    values: Mapping[str, Any]
+    stage_costs: tuple[float, ...]
+
+
+@dataclass(frozen=True)
 class AskContext:
-    """What a method may know when it proposes the next trial."""
+    """What a method may know when it proposes the next trial.
+
+    ``paid_prefixes`` lists every stage prefix this cell has computed (from any earlier trial of
+    the cell, whatever its status, refits included), the same after a replay as in the
+    uninterrupted run; ``read_price`` is what the meter charges for reading one cached stage
+    (an estimate under the device clock, exact under the counting clock).
+    """
 
     remaining: float
     budget: float
     spent: float
     n_completed: int
-    cached_prefixes: frozenset[str] = frozenset()
+    paid_prefixes: tuple[PaidPrefix, ...] = ()
+    read_price: float = 0.0
 
 
 @dataclass(frozen=True)
