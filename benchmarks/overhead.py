@@ -31,6 +31,8 @@ from hpobench_elbo.contracts import PHASES
 from hpobench_elbo.engine.cache import StageCache
 from hpobench_elbo.engine.ledger import read_ledger
 from hpobench_elbo.engine.loop import CellRunner, RunContext
+from hpobench_elbo.engine.seeds import Seeds
+from hpobench_elbo.registry import build_cell, build_tuner
 from hpobench_elbo.suite import suite_from_mapping
 
 GOAL = 0.01
@@ -112,7 +114,8 @@ class GapRecorder:
 def measure_cell(runner_args: tuple[Any, ...]) -> dict[str, Any]:
     cell, ctx, cache = runner_args
     t0 = time.perf_counter()
-    runner = CellRunner(cell, ctx, cache)
+    task, method = build_cell(cell, ctx.device, Seeds.from_cell(cell.seed).sampler)
+    runner = CellRunner(cell, task, method, build_tuner, ctx, cache)
     t1 = time.perf_counter()
     runner.run()
     t2 = time.perf_counter()

@@ -24,7 +24,8 @@ from hpobench_elbo.contracts import TrialSpec
 from hpobench_elbo.engine.budget import BudgetMeter
 from hpobench_elbo.engine.cache import StageCache
 from hpobench_elbo.engine.clock import DeviceClock
-from hpobench_elbo.engine.registry import TASKS
+from hpobench_elbo.contracts import TrialContext
+from hpobench_elbo.registry import TASKS, build_tuner
 from hpobench_elbo.engine.seeds import Seeds
 
 # A sensible default configuration per task family (keys not in a task's space are dropped).
@@ -52,7 +53,7 @@ def default_config(task: Any, rng: np.random.Generator) -> dict[str, Any]:
 def run_trial(task: Any, spec: TrialSpec, cache: Any, seeds: Seeds, device: str) -> tuple[float, dict[str, float], str]:
     meter = BudgetMeter(1e9, DeviceClock(device))
     cache.begin_trial()
-    result = task.run(spec, meter, cache, seeds)
+    result = task.run(spec, TrialContext(meter, cache, seeds, build_tuner))
     metrics = task.test(result) if result.status == "ok" else {}
     return meter.spent, metrics, result.status
 

@@ -12,8 +12,9 @@ from typing import Any
 import yaml
 
 from hpobench_elbo.engine.ledger import read_ledger
-from hpobench_elbo.engine.loop import Cell, CellSummary, RunContext
-from hpobench_elbo.engine.registry import METHODS, TASKS
+from hpobench_elbo.contracts import Cell
+from hpobench_elbo.engine.loop import CellSummary, RunContext
+from hpobench_elbo.registry import METHODS, TASKS
 from hpobench_elbo.errors import LedgerError, UserError
 from hpobench_elbo.suite import Suite, load_suite, suite_from_mapping
 

@@ -17,8 +17,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from hpobench_elbo.engine.loop import Cell
-from hpobench_elbo.engine.registry import METHODS, TASKS
+from hpobench_elbo.contracts import Cell
+from hpobench_elbo.registry import METHODS, TASKS
 from hpobench_elbo.errors import SuiteError, UserError
 
 

@@ -77,3 +77,21 @@ def small_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     out = root / "results"
     api.run(suite, out=out, device="cpu", progress=False)
     return suite, out
+
+
+def run_trial(task: Any, spec: Any, meter: Any, cache: Any, seeds: Any) -> Any:
+    """``task.run`` with a trial context built from a meter, a cache view and seeds (the registry's tuners)."""
+    from hpobench_elbo.contracts import TrialContext
+    from hpobench_elbo.registry import build_tuner
+
+    return task.run(spec, TrialContext(meter, cache, seeds, build_tuner))
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One run of ``suites/smoke.yaml`` per test session (in process, counting clock), shared read-only."""
+    from hpobench_elbo import api
+
+    out = tmp_path_factory.mktemp("smoke_run") / "results"
+    api.run(REPO / "suites" / "smoke.yaml", out=out, device="cpu", progress=False)
+    return out

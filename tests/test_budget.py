@@ -15,7 +15,8 @@ from hpobench_elbo import api
 from hpobench_elbo.contracts import PHASES, TrialResult, TrialSpec
 from hpobench_elbo.engine.budget import BudgetExhausted, BudgetMeter
 from hpobench_elbo.engine.clock import CountingClock, DeviceClock
-from hpobench_elbo.engine.registry import TASKS
+from hpobench_elbo.registry import TASKS
+from hpobench_elbo.space import Config
 from hpobench_elbo.methods.random import RandomSearch
 from hpobench_elbo.tasks.mlp import DigitsMLP
 
@@ -229,12 +230,12 @@ class FaultyDigits(DigitsMLP):
     name = "faulty-digits"
     _mode: str | None = None
 
-    def run(self, spec: TrialSpec, meter: Any, cache: Any, seeds: Any) -> TrialResult:
-        self._mode = {0.5: "nan", 0.25: "raise"}.get(spec.config["lr"])
-        return super().run(spec, meter, cache, seeds)
+    def fit(self, trial: Any, prepared: Any, data: Any) -> TrialResult:
+        self._mode = {0.5: "nan", 0.25: "raise"}.get(trial.config["lr"])
+        return super().fit(trial, prepared, data)
 
-    def build_model(self, seed: int) -> tuple[nn.Module, dict[str, torch.Tensor]]:
-        model, prior = super().build_model(seed)
+    def build_model(self, seed: int, config: Config) -> tuple[nn.Module, dict[str, torch.Tensor]]:
+        model, prior = super().build_model(seed, config)
         return (_Faulty(model, self._mode) if self._mode else model), prior
 
 

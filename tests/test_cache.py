@@ -25,6 +25,7 @@ from hpobench_elbo.engine.clock import CountingClock
 from hpobench_elbo.engine.ledger import read_ledger
 from hpobench_elbo.engine.seeds import Seeds
 from hpobench_elbo.tasks.synthetic import STAGES, SyntheticPipeline, stage_costs
+from conftest import run_trial  # noqa: E402
 
 READ = 0.1  # the cache read price (EEIPU's epsilon in C.5) used throughout
 CLOCK = CountingClock(per_example=1e-3, per_event=1e-3, cache_read=READ)
@@ -51,7 +52,7 @@ class Counted:
 def get(view: Any, m: BudgetMeter, compute: Counted, params: dict[str, Any], cost: float | None = 5.0,
         stage: str = "s1", examples: int = 0) -> torch.Tensor:
     return view.get(m, task="t", stage=stage, data_seed=0, params=params, compute=compute,
-                    simulated_cost=cost, examples=examples)
+                    simulated_cost=cost, examples=examples).output
 
 
 # -- hit and miss, per-cell accounting ------------------------------------------------------------
@@ -217,7 +218,7 @@ def _hammer(root: str, worker: int, queue: Any, barrier: Any) -> None:
                 return _payload(i)
 
             out = store.view().get(BudgetMeter(1e9, CLOCK), task="mp", stage="s", data_seed=0,
-                                   params={"i": i}, compute=compute, simulated_cost=1.0 + i)
+                                   params={"i": i}, compute=compute, simulated_cost=1.0 + i).output
             bad += not torch.equal(out, expected)
             key = stage_key("mp", "s", 0, {"i": i}, UNIT)
             if r % 2 == worker % 2:
@@ -266,7 +267,7 @@ def test_ct4_memoised_prefix_is_not_re_executed_and_costs_two_reads(tmp_path: Pa
     task = SyntheticPipeline()
     view, m = StageCache(tmp_path).view(), meter()
     seeds = Seeds.from_cell(0)
-    first = task.run(TrialSpec(dict(X), trial_id=0), m, view, seeds)
+    first = run_trial(task, TrialSpec(dict(X), trial_id=0), m, view, seeds)
     c = stage_costs(X)
     assert first.status == "ok" and m.spent == pytest.approx(sum(c), abs=1e-12)
     assert dict(task.stage_calls) == {"s1": 1, "s2": 1, "s3": 1}
@@ -275,7 +276,7 @@ def test_ct4_memoised_prefix_is_not_re_executed_and_costs_two_reads(tmp_path: Pa
     assert any(shared[k] != X[k] for k in shared), "pick values whose round trip is inexact"
     x_new = {**shared, "x6": -1.0, "x7": 1.5}
     spent = m.spent
-    second = task.run(TrialSpec(x_new, trial_id=1), m, view, seeds)
+    second = run_trial(task, TrialSpec(x_new, trial_id=1), m, view, seeds)
     c_new = stage_costs(x_new)
     assert dict(task.stage_calls) == {"s1": 1, "s2": 1, "s3": 2}  # stages 1-2 not re-executed
     assert m.spent - spent == pytest.approx(2 * READ + c_new[2], abs=1e-12)
@@ -290,7 +291,7 @@ def test_synthetic_run_stops_as_cut_when_the_budget_ends_mid_pipeline(tmp_path: 
     task = SyntheticPipeline()
     c = stage_costs(X)
     m = BudgetMeter(c[0] + 0.5 * c[1], CLOCK)  # stage 2 starts within budget, stage 3 cannot
-    result = task.run(TrialSpec(dict(X), trial_id=0), m, StageCache(tmp_path).view(), Seeds.from_cell(0))
+    result = run_trial(task, TrialSpec(dict(X), trial_id=0), m, StageCache(tmp_path).view(), Seeds.from_cell(0))
     assert result.status == "cut" and result.steps == 2
     assert m.spent == pytest.approx(c[0] + c[1], abs=1e-12)  # the started unit overshoots, recorded
     assert m.overshoot == pytest.approx(0.5 * c[1], abs=1e-12)

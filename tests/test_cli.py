@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from hpobench_elbo import api, cli
-from hpobench_elbo.engine.registry import METHODS, TASKS
+from hpobench_elbo.registry import METHODS, TASKS
 from hpobench_elbo.suite import load_suite
 
 from conftest import REPO

@@ -10,6 +10,7 @@ import pytest
 
 from hpobench_elbo.errors import MissingDataPackage, UserError
 from hpobench_elbo.tasks import data
+from hpobench_elbo.tasks.data import loaders, packages
 from hpobench_elbo.tasks.data import (
     HOLDOUT_SEED,
     ArrayDataset,
@@ -74,7 +75,7 @@ def test_dataset_facts() -> None:
 def test_fixed_holdout_does_not_depend_on_cache_or_cell_seed() -> None:
     """The test set is drawn with HOLDOUT_SEED, so reloading (no cache) gives the same split."""
     np.random.seed(12345)  # a global seed must not matter
-    again = data._load_digits()
+    again = loaders._load_digits()
     cached = load_dataset("digits")
     np.testing.assert_array_equal(again.test.x, cached.test.x)
     np.testing.assert_array_equal(again.pool.y, cached.pool.y)
@@ -189,7 +190,7 @@ def test_missing_package_names_install_command(monkeypatch: pytest.MonkeyPatch) 
     def not_installed(dist: str) -> importlib.metadata.Distribution:
         raise importlib.metadata.PackageNotFoundError(dist)
 
-    monkeypatch.setattr(data, "_distribution", not_installed)
+    monkeypatch.setattr(packages, "_distribution", not_installed)
     with pytest.raises(MissingDataPackage) as err:
         load_dataset("animal-mnist")
     message = str(err.value)

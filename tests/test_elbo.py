@@ -21,12 +21,16 @@ from hpobench_elbo.contracts import TaskInfo, TrainSetup, TrialResult, TrialSpec
 from hpobench_elbo.engine.budget import BudgetMeter
 from hpobench_elbo.engine.clock import CountingClock
 from hpobench_elbo.engine.ledger import read_ledger
-from hpobench_elbo.engine.registry import METHODS, TUNERS
+from hpobench_elbo.contracts import Recipe, TrialContext
+from hpobench_elbo.registry import METHODS, TUNERS, build_tuner
 from hpobench_elbo.errors import UserError
 from hpobench_elbo.methods.elbo import DataEmphasizedELBo
 from hpobench_elbo.space import Choice, Float, Int, SearchSpace
-from hpobench_elbo.tasks.trainer import Objective, TrainData, Trainer
-from hpobench_elbo.tasks.tuners.elbo import ELBoTuner, optimal_prior_variance, training_objective
+import functools
+
+from hpobench_elbo.tasks.training import RecipeOptimizer
+from hpobench_elbo.tasks.training import Objective, TrainData, Trainer
+from hpobench_elbo.methods.elbo.tuner import ELBoTuner, optimal_prior_variance, training_objective
 
 F64 = torch.float64
 LR_SPACE = SearchSpace.of(lr=Float(1e-5, 1.0, log=True))
@@ -39,10 +43,11 @@ def _info(n: int, space: SearchSpace = LR_SPACE) -> TaskInfo:
 
 def _setup(n_train: int, prior_mean: dict[str, torch.Tensor], loss_fn: Any = None, steps: int = 10,
            train_data: tuple[torch.Tensor, torch.Tensor] | None = None) -> TrainSetup:
+    recipe = Recipe(steps=steps, batch_size=n_train)
     return TrainSetup(loss_fn=loss_fn or nn.functional.mse_loss, n_train=n_train, n_data=n_train,
                       total_steps=steps, batch_size=n_train, prior_mean=prior_mean,
                       generator=torch.Generator().manual_seed(0), meter=BudgetMeter(1e12, CountingClock()),
-                      train_data=train_data)
+                      recipe=recipe, make_optimizer=functools.partial(RecipeOptimizer, recipe), train_data=train_data)
 
 
 class TwoPart(nn.Module):
@@ -222,8 +227,9 @@ def test_stochastic_tuner_through_the_trainer_reaches_the_closed_form_optimum() 
                      data="all")
     objective = Objective(_gaussian_nll, lambda o, t: float((o.reshape(-1) - t).square().mean()), "mse", 1e9)
     meter = BudgetMeter(1e12, CountingClock())
-    result = Trainer(3000, None, objective).fit(spec, _info(N_LIN), model, TrainData(x, y), meter,
-                                                torch.Generator().manual_seed(1), {}, n_data=N_LIN)
+    ctx = TrialContext(meter, None, None, build_tuner)  # type: ignore[arg-type]
+    result = Trainer(Recipe(steps=3000, batch_size=None), objective).fit(
+        spec, _info(N_LIN), model, TrainData(x, y), ctx, torch.Generator().manual_seed(1), {}, n_data=N_LIN)
     assert result.status == "ok", result.error
     final = result.trajectory[-1]
     assert final["step"] == 3000

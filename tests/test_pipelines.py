@@ -32,9 +32,10 @@ from hpobench_elbo.contracts import TrialSpec, TunerSpec  # noqa: E402
 from hpobench_elbo.engine.budget import BudgetMeter  # noqa: E402
 from hpobench_elbo.engine.cache import StageCache  # noqa: E402
 from hpobench_elbo.engine.clock import CountingClock  # noqa: E402
-from hpobench_elbo.engine.registry import TASKS  # noqa: E402
+from hpobench_elbo.registry import TASKS  # noqa: E402
 from hpobench_elbo.engine.seeds import Seeds  # noqa: E402
 from hpobench_elbo.tasks.pipelines import ImagePipeline, TextPipeline  # noqa: E402
+from conftest import run_trial  # noqa: E402
 from test_transfer import CACHE_READ, PER_EVENT, PER_EXAMPLE, run_cell  # noqa: E402
 
 N, BATCH, ADAPT_STEPS = 100, 16, 40
@@ -145,10 +146,38 @@ def test_budget_cut_and_unsupported_tuner(cell: tuple[str, Path, list[dict]]) ->
     clock = CountingClock(PER_EXAMPLE, PER_EVENT, CACHE_READ)
     # the feature stage (0.101) is started within a budget of 0.05 and overshoots; the adapt stage is refused
     meter = BudgetMeter(0.05, clock)
-    result = task.run(TrialSpec(config, trial_id=0), meter, StageCache(root / "results" / "cache").view(),
+    result = run_trial(task, TrialSpec(config, trial_id=0), meter, StageCache(root / "results" / "cache").view(),
                       Seeds.from_cell(0))
     assert result.status == "cut" and result.steps == 1 and "cost_features" in result.metrics
     assert meter.overshoot == pytest.approx(0.101 - 0.05)
-    failed = task.run(TrialSpec(config, tuner=TunerSpec("elbo"), trial_id=1), BudgetMeter(10.0, clock),
+    failed = run_trial(task, TrialSpec(config, tuner=TunerSpec("elbo"), trial_id=1), BudgetMeter(10.0, clock),
                       StageCache(None).view(), Seeds.from_cell(0))
     assert failed.status == "failed" and "tuner" in (failed.error or "")
+
+
+def test_resume_on_a_staged_pipeline_equals_the_uninterrupted_run(cell: tuple[str, Path, list[dict]],
+                                                                  tmp_path: Path) -> None:
+    """The same cell killed (SIGKILL, a fault-injection point) right after its first trial, then
+    resumed in a fresh process: the ledger equals the uninterrupted one on every documented field,
+    and no stage cost is NaN (a cache read reports the stage's recorded true cost)."""
+    import json
+    import math
+
+    from conftest import run_cli
+    from golden_ledgers import differences, documented
+
+    name, root, rows = cell
+    out = tmp_path / "results"
+    killed = run_cli(["run", str(root / "suite.yaml"), "--out", str(out), "--device", "cpu", "--quiet"],
+                     env={"HPOBENCH_ELBO_FAULT": "ledger-append:1"})
+    assert killed.returncode == -9, killed.stderr
+    [ledger] = list(out.glob("*.jsonl"))
+    assert len(ledger.read_text().splitlines()) == 2  # header and the first trial
+    done = run_cli(["resume", str(out), "--device", "cpu", "--quiet"])
+    assert done.returncode == 0, done.stderr
+    resumed = [json.loads(line) for line in ledger.read_text().splitlines()]
+    original = [json.loads(line) for line in (root / "results" / ledger.name).read_text().splitlines()]
+    assert not differences([documented(r) for r in original], [documented(r) for r in resumed])
+    costs = [v for r in resumed if r["type"] == "trial" for k, v in r["metrics"].items() if k.startswith("cost_")]
+    assert costs and all(v is not None and math.isfinite(v) for v in costs)
+    assert any(r.get("cache_hits") for r in resumed if r["type"] == "trial")

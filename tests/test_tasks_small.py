@@ -21,10 +21,10 @@ from hpobench_elbo.engine.budget import BudgetMeter
 from hpobench_elbo.engine.cache import StageCache
 from hpobench_elbo.engine.clock import CountingClock, DeviceClock
 from hpobench_elbo.engine.ledger import read_ledger
-from hpobench_elbo.engine.registry import TASKS
+from hpobench_elbo.registry import TASKS
 from hpobench_elbo.engine.seeds import Seeds
 from hpobench_elbo.errors import UserError
-from hpobench_elbo.tasks.base import VALIDATION_FRACTION
+from hpobench_elbo.tasks.data import VALIDATION_FRACTION
 from hpobench_elbo.tasks.data import stratified_split
 from hpobench_elbo.tasks.synthetic import (
     BEST_OBJECTIVE,
@@ -36,6 +36,7 @@ from hpobench_elbo.tasks.synthetic import (
     stage_costs,
 )
 from hpobench_elbo.tasks.uci import Standardiser, UCIRegression
+from conftest import run_trial  # noqa: E402
 
 GOOD = {"lr": 0.03, "weight_decay": 1e-4, "momentum": 0.9}
 
@@ -51,7 +52,7 @@ def test_uci_regression_smoke_reaches_half_the_target_variance(dataset: str) -> 
     task = UCIRegression(scale="smoke", dataset=dataset)
     assert task.info.metric == "mse" and task.info.direction == "min" and task.info.n_classes is None
     seeds = Seeds.from_cell(0)
-    result = task.run(TrialSpec(dict(GOOD), trial_id=0), BudgetMeter(1e9, DeviceClock()),
+    result = run_trial(task, TrialSpec(dict(GOOD), trial_id=0), BudgetMeter(1e9, DeviceClock()),
                       StageCache(None).view(), seeds)
     assert result.status == "ok", result.error
     assert result.steps == 200 and result.n_train == round(len(task.data.pool) * (1 - VALIDATION_FRACTION))
@@ -60,11 +61,11 @@ def test_uci_regression_smoke_reaches_half_the_target_variance(dataset: str) -> 
     assert test["mse"] <= 0.5 * variance, (test, variance)
     assert test["rmse"] == pytest.approx(math.sqrt(test["mse"]))
     # the standardised test loss and the original-units MSE differ by the training target variance
-    _, _, std = result.artifact
+    std = result.artifact[2].transform
     assert test["mse"] == pytest.approx(test["loss"] * std.y_std ** 2, rel=1e-4)
     assert result.metrics["val_mse_original"] == pytest.approx(result.metrics["val_mse"] * std.y_std ** 2)
     # the statistics come from the trial's training portion only (no validation or test examples)
-    y_pool = task.data.pool.y[task.pool_indices(seeds)]
+    y_pool = task.data.pool.y[task.pool_indices(seeds.subset)]
     train_idx, _ = stratified_split(y_pool, VALIDATION_FRACTION, np.random.default_rng(seeds.split))
     assert std.y_mean == pytest.approx(float(y_pool[train_idx].astype(np.float64).mean()), rel=1e-6)
     assert std.y_mean != pytest.approx(float(y_pool.astype(np.float64).mean()), rel=1e-6)
@@ -72,14 +73,14 @@ def test_uci_regression_smoke_reaches_half_the_target_variance(dataset: str) -> 
 
 def test_uci_diverging_learning_rate_is_recorded_as_diverged() -> None:
     task = UCIRegression(scale="smoke", dataset="boston")
-    result = task.run(TrialSpec({"lr": 1.0, "weight_decay": 0.0, "momentum": 0.9}, trial_id=0),
+    result = run_trial(task, TrialSpec({"lr": 1.0, "weight_decay": 0.0, "momentum": 0.9}, trial_id=0),
                       BudgetMeter(1e9, DeviceClock()), StageCache(None).view(), Seeds.from_cell(0))
     assert result.status == "diverged" and result.steps < 200
 
 
 def test_uci_refit_trains_on_the_whole_pool() -> None:
     task = UCIRegression(scale="smoke", dataset="boston", steps=20)
-    result = task.run(TrialSpec(dict(GOOD), data="all", kind="refit", trial_id=3), BudgetMeter(1e9, DeviceClock()),
+    result = run_trial(task, TrialSpec(dict(GOOD), data="all", kind="refit", trial_id=3), BudgetMeter(1e9, DeviceClock()),
                       StageCache(None).view(), Seeds.from_cell(0))
     assert result.status == "ok" and result.n_train == len(task.data.pool)
     assert "val_mse" not in result.metrics and math.isfinite(task.test(result)["mse"])
@@ -135,7 +136,7 @@ def test_synthetic_objective_is_deterministic_and_known_at_the_optimum(tmp_path:
     values = []
     for i, seed in enumerate((0, 7)):
         task = SyntheticPipeline()
-        result = task.run(TrialSpec(dict(CONFIG), trial_id=i), BudgetMeter(1e3, CountingClock()),
+        result = run_trial(task, TrialSpec(dict(CONFIG), trial_id=i), BudgetMeter(1e3, CountingClock()),
                           StageCache(tmp_path / str(i)).view(), Seeds.from_cell(seed))
         assert result.status == "ok" and result.score == pytest.approx(-result.metrics["objective"])
         assert task.test(result) == {"objective": result.metrics["objective"]}
@@ -149,7 +150,7 @@ def test_synthetic_objective_is_deterministic_and_known_at_the_optimum(tmp_path:
 def test_synthetic_known_costs_are_charged(tmp_path: Path) -> None:
     task = SyntheticPipeline()
     m = BudgetMeter(1e3, CountingClock())
-    result = task.run(TrialSpec(dict(CONFIG), trial_id=0), m, StageCache(tmp_path).view(), Seeds.from_cell(0))
+    result = run_trial(task, TrialSpec(dict(CONFIG), trial_id=0), m, StageCache(tmp_path).view(), Seeds.from_cell(0))
     costs = stage_costs(CONFIG)
     assert m.spent == pytest.approx(sum(costs), abs=1e-12)
     assert m.by_phase()["train"] == pytest.approx(sum(costs), abs=1e-12)
@@ -188,11 +189,11 @@ def _mlp_trial(name: str, config: dict, **options):
     from hpobench_elbo.engine.budget import BudgetMeter
     from hpobench_elbo.engine.cache import StageCache
     from hpobench_elbo.engine.clock import CountingClock
-    from hpobench_elbo.engine.registry import TASKS
+    from hpobench_elbo.registry import TASKS
     from hpobench_elbo.engine.seeds import Seeds
 
     task = TASKS.create(name, scale="smoke", **options)
-    result = task.run(TrialSpec(config, data="split", trial_id=0), BudgetMeter(1e9, CountingClock()),
+    result = run_trial(task, TrialSpec(config, data="split", trial_id=0), BudgetMeter(1e9, CountingClock()),
                       StageCache(None).view(), Seeds.from_cell(0))
     return task, result
 
@@ -203,42 +204,3 @@ def test_mlp_tasks_learn_at_smoke_scale(name: str) -> None:
     task, result = _mlp_trial(name, {"lr": 0.1, "weight_decay": 1e-4, "momentum": 0.9})
     assert result.status == "ok"
     assert task.test(result)["accuracy"] >= 0.2
-
-
-def test_per_parameter_lr_equals_torch_sgd_when_uniform_and_acts_elementwise() -> None:
-    import torch
-    from torch import nn
-
-    from hpobench_elbo.contracts import TrainSetup
-    from hpobench_elbo.tasks.tuners.sgd import SGDTuner
-
-    def run(per_parameter: bool, zero_half: bool = False) -> tuple[nn.Module, nn.Module]:
-        torch.manual_seed(0)
-        model = nn.Sequential(nn.Linear(5, 4), nn.Tanh(), nn.Linear(4, 1))
-        start = [p.detach().clone() for p in model.parameters()]
-        tuner = SGDTuner(per_parameter_lr=per_parameter)
-        setup = TrainSetup(loss_fn=nn.functional.mse_loss, n_train=32, n_data=32, total_steps=20, batch_size=8,
-                           prior_mean={}, generator=torch.Generator().manual_seed(1), meter=None)
-        tuner.init(model, None, {"lr": 0.05, "weight_decay": 1e-3, "momentum": 0.9}, setup)  # type: ignore[arg-type]
-        if zero_half:
-            tuner.lr_tensors["0.weight"][:2] = 0.0
-        g = torch.Generator().manual_seed(2)
-        x, y = torch.randn(32, 5, generator=g), torch.randn(32, 1, generator=g)
-        for step in range(20):
-            tuner.step(model, (x[(step % 4) * 8:(step % 4 + 1) * 8], y[(step % 4) * 8:(step % 4 + 1) * 8]), step, None)
-        return model, start
-
-    reference, _ = run(False)
-    elementwise, _ = run(True)
-    for a, b in zip(reference.parameters(), elementwise.parameters()):
-        assert torch.allclose(a, b, atol=1e-6)
-    frozen, start = run(True, zero_half=True)
-    weight = dict(frozen.named_parameters())["0.weight"]
-    assert torch.equal(weight[:2], start[0][:2])            # a zero learning rate freezes exactly those weights
-    assert not torch.allclose(weight[2:], start[0][2:])     # the others move
-
-
-def test_mnist_mlp_per_parameter_lr_option_reaches_the_tuner() -> None:
-    task, result = _mlp_trial("mnist-mlp", {"lr": 0.1, "weight_decay": 1e-4, "momentum": 0.9}, per_parameter_lr=True)
-    assert result.status == "ok" and task.test(result)["accuracy"] >= 0.2
-    assert result.spec.tuner.options == {"per_parameter_lr": True}

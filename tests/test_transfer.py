@@ -35,12 +35,12 @@ from hpobench_elbo.engine.budget import BudgetMeter  # noqa: E402
 from hpobench_elbo.engine.cache import StageCache  # noqa: E402
 from hpobench_elbo.engine.clock import CountingClock  # noqa: E402
 from hpobench_elbo.engine.ledger import read_ledger  # noqa: E402
-from hpobench_elbo.engine.registry import TASKS  # noqa: E402
+from hpobench_elbo.registry import TASKS  # noqa: E402
 from hpobench_elbo.engine.seeds import Seeds  # noqa: E402
 from hpobench_elbo.errors import UserError  # noqa: E402
 from hpobench_elbo.tasks import backbones  # noqa: E402
 from hpobench_elbo.tasks.transfer import ImageTransfer, TextTransfer, TransferModel  # noqa: E402
-from conftest import write_suite  # noqa: E402
+from conftest import run_trial, write_suite  # noqa: E402
 
 PER_EXAMPLE, PER_EVENT, CACHE_READ = 0.001, 0.001, 0.01
 SMOKE_STEPS, SMOKE_BATCH, SMOKE_N = 30, 16, 100
@@ -155,11 +155,11 @@ def test_trained_top_moves_frozen_part_does_not(cell: tuple[str, Path, list[dict
     frozen_before = {k: v.clone() for k, v in task.backbone.frozen.state_dict().items()}
     meter = BudgetMeter(1000.0, CountingClock(PER_EXAMPLE, PER_EVENT, CACHE_READ))
     config = {k: v[0] for k, v in CONFIGS[name].items()}
-    result = task.run(TrialSpec(config, trial_id=0), meter, StageCache(root / "results" / "cache").view(),
+    result = run_trial(task, TrialSpec(config, trial_id=0), meter, StageCache(root / "results" / "cache").view(),
                       Seeds.from_cell(0))
     assert result.status == "ok", result.error
     assert meter.by_phase()["test"] == 0.0  # test features came from the shared store: nothing recomputed
-    model, _ = result.artifact
+    model, _, _ = result.artifact
     assert isinstance(model, TransferModel)
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     assert names and all(n.startswith(("backbone.", "head.")) for n in names)
@@ -178,7 +178,7 @@ def test_trained_top_moves_frozen_part_does_not(cell: tuple[str, Path, list[dict
     for n, v in task.prior_mean.items():
         assert torch.equal(v, pretrained[n[len("backbone."):]])
     # a fresh model per trial: a second build starts from the pretrained values again
-    fresh, _ = task.build_model(seed=1)
+    fresh, _ = task.build_model(seed=1, config={})
     for n, p in fresh.named_parameters():
         if n.startswith("backbone."):
             assert torch.equal(p.detach(), pretrained[n[len("backbone."):]])

@@ -73,6 +73,8 @@ class BudgetMeter:
         self._spent = 0.0  # running total of the charged phases
         self._is_wall = bool(getattr(clock, "is_wall", False))
         self.last_unit_cost = 0.0  # cost of the most recently finished unit (cache accounting)
+        self._reads = 0
+        self._read_total = 0.0
 
     # -- state ------------------------------------------------------------------------------
     @property
@@ -99,6 +101,20 @@ class BudgetMeter:
     @property
     def unit_name(self) -> str:
         return self.clock.unit
+
+    @property
+    def price_key(self) -> str:
+        """The clock's unit and, for a counting clock, its prices (part of every stage-cache key)."""
+        return str(getattr(self.clock, "cache_key", self.clock.unit))
+
+    @property
+    def read_price(self) -> float:
+        """What reading one cached stage is charged: exact under a counting clock; under a device
+        clock the mean of the reads measured so far in this process (0 before the first)."""
+        price = getattr(self.clock, "cache_read", None)
+        if price is not None:
+            return float(price)
+        return self._read_total / self._reads if self._reads else 0.0
 
     def by_phase(self) -> dict[str, float]:
         return dict(self._by_phase)
@@ -148,6 +164,9 @@ class BudgetMeter:
         if unit.phase != "test":
             self._spent += cost
         self.last_unit_cost = cost
+        if unit.phase == "cache":
+            self._reads += 1
+            self._read_total += cost
         if self._stack:
             self._stack[-1].nested_wall += wall
         elif unit.phase != "test":

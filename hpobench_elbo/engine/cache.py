@@ -26,14 +26,19 @@ from typing import Any
 
 import torch
 
+from hpobench_elbo.contracts import StageRun
 from hpobench_elbo.engine.budget import BudgetMeter
+from hpobench_elbo.engine.faults import fault_point
 from hpobench_elbo.space import canonical
 
 Output = Any  # a tensor, or a tuple/dict of tensors
 
 
 def stage_key(task: str, stage: str, data_seed: int, params: Mapping[str, Any], unit: str) -> str:
-    """The content address of one stage output."""
+    """The content address of one stage output (the only place a key is built).
+
+    ``unit`` is the meter's ``price_key``: entries store costs in the clock's unit and prices.
+    """
     blob = json.dumps(
         {"task": task, "stage": stage, "data_seed": int(data_seed), "params": canonical(dict(params)), "unit": unit},
         sort_keys=True,
@@ -95,6 +100,7 @@ class StageCache:
         raw = buffer.getvalue()
         meta = {"cost": float(cost), "sha256": hashlib.sha256(raw).hexdigest(), **canonical(dict(description))}
         self._atomic_write(data_path, raw)
+        fault_point("cache-write")
         self._atomic_write(meta_path, json.dumps(meta, sort_keys=True).encode())
 
     @staticmethod
@@ -137,13 +143,14 @@ class CacheView:
         examples: int = 0,
         phase: str = "train",
         simulated_cost: float | None = None,
-    ) -> Output:
-        """The stage output for ``params``: computed, or read from the store, and charged.
+    ) -> StageRun:
+        """The stage output for ``params`` (computed, or read from the store, and charged) and its
+        true cost (see ``contracts.CacheView.get``).
 
         ``examples`` prices the computation under a counting clock; ``simulated_cost`` replaces
         the measured cost entirely (synthetic pipelines with known stage costs).
         """
-        key = stage_key(task, stage, data_seed, params, getattr(meter.clock, "cache_key", meter.unit_name))
+        key = stage_key(task, stage, data_seed, params, meter.price_key)
         description = {"task": task, "stage": stage, "data_seed": data_seed, "params": dict(params)}
         if key in self.paid_keys and self.store.enabled:  # a disabled store has nothing to read
             with meter.unit("cache"):
@@ -152,7 +159,7 @@ class CacheView:
                 output, true_cost = entry
                 self.stats.hits += 1
                 self.stats.cost_saved += max(0.0, true_cost - meter.last_unit_cost)
-                return output
+                return StageRun(stage, output, true_cost, hit=True)
         else:
             entry = self.store.load(key)
             if entry is not None:
@@ -160,7 +167,7 @@ class CacheView:
                 output, true_cost = entry
                 meter.charge(phase, true_cost)
                 self._paid(key)
-                return output
+                return StageRun(stage, output, true_cost, hit=False)
         # compute (a miss, or a missing/corrupted entry)
         if simulated_cost is None:
             with meter.unit(phase, examples=examples):
@@ -173,6 +180,16 @@ class CacheView:
             true_cost = float(simulated_cost)
         self.store.store(key, output, true_cost, description)
         self._paid(key)
+        return StageRun(stage, output, true_cost, hit=False)
+
+    def uncharged(self, *, task: str, name: str, params: Mapping[str, Any], compute: Callable[[], Output]) -> Output:
+        """A shared entry that is never charged (e.g. test features): read, else computed and stored."""
+        key = stage_key(task, name, 0, params, "uncharged")
+        entry = self.store.load(key)
+        if entry is not None:
+            return entry[0]
+        output = compute()
+        self.store.store(key, output, 0.0, {"task": task, "stage": name, "params": dict(params)})
         return output
 
     def _paid(self, key: str) -> None:

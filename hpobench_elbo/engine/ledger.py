@@ -29,6 +29,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from hpobench_elbo.engine.faults import fault_point
 from hpobench_elbo.errors import LedgerError
 
 SCHEMA_VERSION = 1
@@ -150,9 +151,11 @@ class Ledger:
         line = json.dumps(record, sort_keys=True, allow_nan=False) + "\n"
         with open(self.path, "a", encoding="utf-8") as fh:
             fh.write(line)
+            fault_point("ledger-write")
             fh.flush()
             os.fsync(fh.fileno())
         if kind == "trial":
+            fault_point("ledger-append")
             self.rows.append(record)
         else:
             self.end = record

@@ -1,5 +1,8 @@
 """The one loop: runs a cell (task x method x seed x budget) against its meter and ledger.
 
+The loop is given the cell's task and method objects (built by the executor where the cell runs)
+and the tuner factory; it names no method, tuner or task.
+
     ask (charged to ``method``) -> task.run (trains, checking the meter every step)
     -> test (every completed trial, uncharged) -> tell (charged to ``method``, test stripped)
     -> ledger.append (fsynced)
@@ -21,47 +24,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hpobench_elbo.contracts import AskContext, Method, TaskInfo, TrialResult, TrialSpec
+from hpobench_elbo.contracts import AskContext, Cell, Method, Task, TaskInfo, TrialContext, TrialResult, TrialSpec, Tuner, TunerSpec
 from hpobench_elbo.engine.budget import BudgetExhausted, BudgetMeter
 from hpobench_elbo.engine.cache import CacheView, StageCache
 from hpobench_elbo.engine.clock import make_clock
+from hpobench_elbo.engine.faults import fault_point
 from hpobench_elbo.engine.ledger import Ledger
-from hpobench_elbo.engine.registry import METHODS, TASKS, check_contract
 from hpobench_elbo.engine.seeds import Seeds
 from hpobench_elbo.errors import LedgerError
 
 EXEC_LOG_ENV = "HPOBENCH_ELBO_EXEC_LOG"
 """If set, a file to which every trial execution appends ``<cell-id> <trial-id>`` before it starts
 (a diagnostic that counts executions outside the ledger)."""
-
-
-@dataclass(frozen=True)
-class Cell:
-    """One (task, method, seed, budget) run with a stable id (a hash of its definition)."""
-
-    cell_id: str
-    suite: str
-    task: str
-    scale: str
-    task_options: Mapping[str, Any]
-    method: str
-    method_options: Mapping[str, Any]
-    seed: int
-    budget: float
-    clock: str
-    clock_options: Mapping[str, Any]
-    refit: bool
-    cache: bool
-    threads: int
-    label: str = ""
-
-    def definition(self) -> dict[str, Any]:
-        return {
-            "task": self.task, "scale": self.scale, "task_options": dict(self.task_options),
-            "method": self.method, "method_options": dict(self.method_options), "seed": self.seed,
-            "budget": self.budget, "clock": self.clock, "clock_options": dict(self.clock_options),
-            "refit": self.refit, "cache": self.cache, "label": self.label or self.method,
-        }
 
 
 @dataclass(frozen=True)
@@ -133,21 +107,20 @@ def cell_header(cell: Cell, seeds: Seeds, unit: str, ctx: RunContext) -> dict[st
 class CellRunner:
     """Runs (or resumes) one cell to the end of its budget or its method."""
 
-    def __init__(self, cell: Cell, ctx: RunContext, cache: StageCache,
+    def __init__(self, cell: Cell, task: Task, method: Method, build_tuner: Callable[[TunerSpec], Tuner],
+                 ctx: RunContext, cache: StageCache,
                  on_trial: Callable[[Cell, dict[str, Any]], None] | None = None) -> None:
-        import torch
-        import torch._dynamo  # noqa: F401  (imported lazily by the first optimizer: keep it out of trial 1)
-
-        torch.set_num_threads(cell.threads)
+        """``task`` and ``method`` are the cell's objects, built by the caller with the cell's seeds
+        (``Seeds.from_cell(cell.seed)``; the method from its ``sampler`` seed)."""
         self.cell = cell
         self.ctx = ctx
         self.on_trial = on_trial
         self.seeds = Seeds.from_cell(cell.seed)
         self.meter = BudgetMeter(cell.budget, make_clock(cell.clock, ctx.device, dict(cell.clock_options)))
-        self.task = TASKS.create(cell.task, scale=cell.scale, device=ctx.device, **cell.task_options)
+        self.task = task
         self.info: TaskInfo = self.task.info
-        self.method = METHODS.create(cell.method, self.info, self.seeds.sampler, **cell.method_options)
-        check_contract(self.method, Method)
+        self.method = method
+        self.build_tuner = build_tuner
         header = {**cell_header(cell, self.seeds, self.meter.unit_name, ctx),
                   "metric": self.info.metric, "direction": self.info.direction}
         self.ledger = Ledger.open(ctx.out_dir / f"{cell.cell_id}.jsonl", header, force=ctx.force)
@@ -212,7 +185,7 @@ class CellRunner:
                 fh.write(f"{self.cell.cell_id} {spec.trial_id}\n")
         self.cache.begin_trial()
         try:
-            result = self.task.run(spec, self.meter, self.cache, self.seeds)
+            result = self.task.run(spec, TrialContext(self.meter, self.cache, self.seeds, self.build_tuner))
         except BudgetExhausted:
             result = TrialResult(spec=spec, status="cut", cost={})
         except Exception as exc:  # noqa: BLE001 - a failing trial is recorded, the cell goes on
@@ -257,6 +230,7 @@ class CellRunner:
         return True
 
     def _refit(self) -> None:
+        fault_point("refit")
         chosen = self.results[self.recommendation]  # type: ignore[index]
         spec = dataclasses.replace(chosen.spec, data="all", kind="refit", refit_of=chosen.spec.trial_id,
                                    trial_id=self.next_id)
@@ -296,7 +270,7 @@ class CellRunner:
                            str(end.get("reason", "")))
 
 
-def run_cell(cell: Cell, ctx: RunContext, cache: StageCache,
-             on_trial: Callable[[Cell, dict[str, Any]], None] | None = None) -> CellSummary:
-    """Run or resume one cell; the ledger under ``ctx.out_dir`` is the result."""
-    return CellRunner(cell, ctx, cache, on_trial).run()
+def run_cell(cell: Cell, task: Task, method: Method, build_tuner: Callable[[TunerSpec], Tuner], ctx: RunContext,
+             cache: StageCache, on_trial: Callable[[Cell, dict[str, Any]], None] | None = None) -> CellSummary:
+    """Run or resume one cell with its built task and method; the ledger under ``ctx.out_dir`` is the result."""
+    return CellRunner(cell, task, method, build_tuner, ctx, cache, on_trial).run()

@@ -34,8 +34,13 @@ class Seeds:
 
     def for_trial(self, name: str, trial_id: int) -> int:
         """A per-trial seed of one stream (e.g. each trial's initialisation differs but repeats)."""
-        base = getattr(self, name)
-        return int(np.random.SeedSequence([base, trial_id]).generate_state(1)[0])
+        return self.derive(getattr(self, name), trial_id)
+
+    @staticmethod
+    def derive(*parts: int) -> int:
+        """A 32-bit seed derived from named seeds and integers (e.g. a stage's seed from the subset and
+        split seeds, so the same prefix gives the same output in every trial and cell)."""
+        return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
 
     def to_json(self) -> dict[str, int]:
         return {"cell_seed": self.cell_seed, **{n: getattr(self, n) for n in SEED_NAMES}}

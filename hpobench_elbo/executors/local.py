@@ -3,13 +3,27 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from tqdm import tqdm
 
+from hpobench_elbo.contracts import Cell
 from hpobench_elbo.engine.cache import StageCache
-from hpobench_elbo.engine.loop import Cell, CellSummary, RunContext, run_cell
+from hpobench_elbo.engine.loop import CellSummary, RunContext, run_cell
+from hpobench_elbo.engine.seeds import Seeds
+from hpobench_elbo.registry import build_cell, build_tuner
+
+
+def run_one(cell: Cell, ctx: RunContext, cache: StageCache,
+            on_trial: Callable[[Cell, dict[str, Any]], None] | None = None) -> CellSummary:
+    """Build the cell's task and method here (one torch thread count per cell) and run it."""
+    import torch
+    import torch._dynamo  # noqa: F401  (imported lazily by the first optimizer: keep it out of trial 1)
+
+    torch.set_num_threads(cell.threads)
+    task, method = build_cell(cell, ctx.device, Seeds.from_cell(cell.seed).sampler)
+    return run_cell(cell, task, method, build_tuner, ctx, cache, on_trial)
 
 
 def run_local(cells: Sequence[Cell], ctx: RunContext, progress: bool = True) -> list[CellSummary]:
@@ -29,7 +43,7 @@ def run_local(cells: Sequence[Cell], ctx: RunContext, progress: bool = True) -> 
                 done["spent"] += step
                 bar.update(step)
 
-            summary = run_cell(cell, ctx, cache, on_trial)
+            summary = run_one(cell, ctx, cache, on_trial)
             bar.update(cell.budget - done["spent"])
             summaries.append(summary)
     return summaries

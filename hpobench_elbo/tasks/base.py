@@ -1,13 +1,25 @@
-"""The shared shape of a supervised task: data, labelled pool per seed, model, trainer, test.
+"""The one staged-task base: data, labelled pool per seed, split, cached stages, model, trainer, test.
 
-A concrete task is one file that subclasses ``SupervisedTask`` and fills in its data, its model,
-its search space and its scales. Constructing a task is cheap; data loads on first use.
+A concrete task is one file that subclasses :class:`SupervisedTask` and fills in hooks; it never
+overrides :meth:`SupervisedTask.run`, which does, for every trial::
+
+    config  = the spec's configuration, validated against the space
+    pool    = the seed's stratified labelled pool (``Seeds.subset``)
+    split   = the one train/validation split (``data.train_validation_split``, ``Seeds.split``)
+    prepared  = self.prepare(trial)              hook: inputs of the trainable part; runs the task's
+                                                 cached stages through ``trial.stage(...)``
+    data      = self.transform(trial, prepared)  hook: e.g. standardise on the training examples
+    result    = self.fit(trial, data)            hook: default trains with the Trainer and the recipe
+    metrics  += the true cost of every stage run (``cost_<stage>``) and ``n_memoised``
+
+under torch's RNG seeded with the trial's ``noise`` seed. Constructing a task is cheap; data loads
+on first use.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+import dataclasses
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any, ClassVar
@@ -16,34 +28,28 @@ import numpy as np
 import torch
 from torch import nn
 
-from hpobench_elbo.contracts import Stage, TaskInfo, TrialResult, TrialSpec
-from hpobench_elbo.engine.budget import BudgetMeter
-from hpobench_elbo.engine.cache import CacheView
-from hpobench_elbo.engine.seeds import Seeds
+from hpobench_elbo.contracts import Recipe, Stage, StageRun, TaskInfo, TrialContext, TrialResult, TrialSpec
+from hpobench_elbo.engine.budget import BudgetExhausted
 from hpobench_elbo.errors import UserError
-from hpobench_elbo.space import SearchSpace
-from hpobench_elbo.tasks.data import DataSplits, stratified_split, stratified_subset
-from hpobench_elbo.tasks.trainer import Objective, TrainData, Trainer, evaluate
-
-VALIDATION_FRACTION = 0.2
-
-
-@contextmanager
-def seeded(seed: int) -> Iterator[None]:
-    """Run a block under torch's global RNG seeded with ``seed``, restoring the RNG afterwards."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        yield
+from hpobench_elbo.space import Config, SearchSpace
+from hpobench_elbo.tasks.data import ArrayDataset, DataSplits, stratified_subset, train_validation_split
+from hpobench_elbo.tasks.training import Objective, TrainData, Trainer, evaluate, seeded
 
 
 @dataclass(frozen=True)
 class Scale:
-    """How big a task runs: labelled pool size N (None = all), steps, batch size (None = full batch)."""
+    """How big a task runs: labelled pool size N (None = all), steps, batch size (None = full batch).
+
+    ``clip_norm`` and ``schedule`` complete the task's training recipe at this scale (see
+    ``contracts.Recipe``); ``extra`` holds task-specific settings.
+    """
 
     n: int | None
     steps: int
     batch_size: int | None
     extra: Mapping[str, Any] = field(default_factory=dict)
+    clip_norm: float | None = None
+    schedule: str = "cosine"
 
     def describe(self) -> str:
         n = "all" if self.n is None else str(self.n)
@@ -59,6 +65,42 @@ class Prepared:
     y_pool: torch.Tensor
     x_test: torch.Tensor
     y_test: torch.Tensor
+
+
+@dataclass
+class Trial:
+    """One trial as the hooks see it: spec, validated config, the seed's pool and split, the
+    context, and the stages run so far (:meth:`stage` runs one through the cache)."""
+
+    spec: TrialSpec
+    config: Config
+    pool: ArrayDataset
+    train_idx: np.ndarray
+    val_idx: np.ndarray | None
+    ctx: TrialContext
+    task_name: str
+    stage_runs: list[StageRun] = field(default_factory=list)
+
+    def stage(self, name: str, params: Mapping[str, Any], compute: Callable[[], Any], examples: int) -> StageRun:
+        """Serve stage ``name`` through the cell's cache (charged to ``train``), keyed by the seed's
+        data, ``params`` (the stage's parameters and everything upstream) and nothing else."""
+        run = self.ctx.cache.get(self.ctx.meter, task=self.task_name, stage=name, data_seed=self.ctx.seeds.subset,
+                                 params=params, compute=compute, examples=examples)
+        self.stage_runs.append(run)
+        return run
+
+
+def stage_metrics(runs: list[StageRun]) -> dict[str, float]:
+    """``cost_<stage>`` (true cost) of every stage run and ``n_memoised`` (leading stages read from the
+    cell's own cache)."""
+    metrics = {f"cost_{run.stage}": run.true_cost for run in runs}
+    memoised = 0
+    for run in runs:
+        if not run.hit:
+            break
+        memoised += 1
+    metrics["n_memoised"] = float(memoised)
+    return metrics
 
 
 class SupervisedTask:
@@ -82,7 +124,6 @@ class SupervisedTask:
                              batch_size=batch_size if batch_size is not None else base.batch_size)
         self.device = device
         self._prepared: dict[int, Prepared] = {}
-        self._splits: dict[str, Any] = {}  # the last split made (key -> TrainData)
 
     # -- hooks ------------------------------------------------------------------------------
     @classmethod
@@ -91,29 +132,51 @@ class SupervisedTask:
         raise NotImplementedError
 
     def load(self) -> DataSplits:
+        """The pool and the fixed test set (``tasks/data``)."""
         raise NotImplementedError
 
     @property
     def objective(self) -> Objective:
         raise NotImplementedError
 
-    def build_model(self, seed: int) -> tuple[nn.Module, dict[str, torch.Tensor]]:
-        """A fresh trainable model and its prior mean (backbone name -> pretrained value; {} if none).
+    def build_model(self, seed: int, config: Config) -> tuple[nn.Module, dict[str, torch.Tensor]]:
+        """A fresh trainable model for the trial's ``config`` and its prior mean (backbone name ->
+        pretrained value; {} if none).
 
         Build new layers inside ``seeded(seed)`` so their initialisation depends on the seed only.
         """
         raise NotImplementedError
 
-    def prepare(self, data: DataSplits, pool_idx: np.ndarray, meter: BudgetMeter, cache: CacheView,
-                seeds: Seeds) -> Prepared:
-        """Turn the seed's labelled pool and the test set into tensors (override to add cached stages).
-
-        The base version holds nothing a cell should pay for, so ``run`` keeps its result per
-        subset seed; an override with charged stages is called every trial (the cache charges).
-        """
-        pool = data.pool.subset(pool_idx)
+    def prepare(self, trial: Trial) -> Prepared:
+        """Inputs of the trainable model for the seed's pool and the test set. Override to run cached
+        stages (``trial.stage``); the base version holds nothing a cell pays for, so its result is
+        kept per subset seed."""
+        pool = trial.pool
         return Prepared(self.to_tensor(pool.x), self.label_tensor(pool.y),
-                        self.to_tensor(data.test.x), self.label_tensor(data.test.y))
+                        self.to_tensor(self.data.test.x), self.label_tensor(self.data.test.y))
+
+    def transform(self, trial: Trial, prepared: Prepared) -> TrainData:
+        """The tensors the trial trains and validates on (override e.g. to standardise with
+        statistics of ``trial.train_idx`` only)."""
+        x, y = prepared.x_pool, prepared.y_pool
+        train = torch.as_tensor(trial.train_idx, device=x.device)
+        if trial.val_idx is None:
+            return TrainData(x[train], y[train])
+        val = torch.as_tensor(trial.val_idx, device=x.device)
+        return TrainData(x[train], y[train], x[val], y[val])
+
+    def fit(self, trial: Trial, prepared: Prepared, data: TrainData) -> TrialResult:
+        """Train the model with the Trainer under the task's recipe (override for a stage that trains
+        with its own code); ``artifact`` = (eval model, prepared, data) for :meth:`test`."""
+        seeds = trial.ctx.seeds
+        model, prior_mean = self.build_model(seeds.for_trial("init", trial.spec.trial_id), trial.config)
+        noise = torch.Generator(device="cpu").manual_seed(seeds.for_trial("noise", trial.spec.trial_id))
+        trainer = Trainer(self.recipe, self.objective, self.device)
+        result = trainer.fit(trial.spec, self.info, model, data, trial.ctx, noise, prior_mean,
+                             n_data=len(prepared.x_pool))
+        if result.artifact is not None:
+            result = replace(result, artifact=(result.artifact, prepared, data))
+        return result
 
     def stages(self) -> tuple[Stage, ...]:
         return (Stage("train", tuple(self.space_for(self.scale_name).names)),)
@@ -121,12 +184,22 @@ class SupervisedTask:
     # -- shared machinery -------------------------------------------------------------------
     @cached_property
     def data(self) -> DataSplits:
-        return self.load()
+        splits = self.load()
+        if not isinstance(splits, DataSplits):
+            raise UserError(f"task {self.name!r}: load() returned {type(splits).__name__}, expected DataSplits")
+        return splits
 
     @property
     def n_pool(self) -> int:
         total = len(self.data.pool)
         return total if self.scale.n is None else min(self.scale.n, total)
+
+    @property
+    def recipe(self) -> Recipe:
+        """The training recipe at this scale: SGD, Nesterov momentum 0.9, the scale's schedule and
+        clipping, batch and steps (what no method tunes)."""
+        return Recipe(steps=self.scale.steps, batch_size=self.scale.batch_size, clip_norm=self.scale.clip_norm,
+                      schedule=self.scale.schedule)  # type: ignore[arg-type]
 
     @cached_property
     def info(self) -> TaskInfo:
@@ -134,7 +207,7 @@ class SupervisedTask:
             name=self.name, scale=self.scale_name, space=self.space_for(self.scale_name), stages=self.stages(),
             has_backbone=self.has_backbone, n_pool=self.n_pool, metric=self.objective.metric,
             direction="max" if self.objective.metric == "accuracy" else "min",
-            n_classes=self.data.pool.n_classes, description=self.description)
+            n_classes=self.data.pool.n_classes, description=self.description, recipe=self.recipe)
 
     def to_tensor(self, x: np.ndarray) -> torch.Tensor:
         return torch.tensor(x, dtype=torch.float32, device=self.device)
@@ -143,44 +216,39 @@ class SupervisedTask:
         dtype = torch.long if self.data.pool.n_classes else torch.float32
         return torch.tensor(y, dtype=dtype, device=self.device)
 
-    def pool_indices(self, seeds: Seeds) -> np.ndarray:
-        return stratified_subset(self.data.pool.y, self.scale.n, np.random.default_rng(seeds.subset))
+    def pool_indices(self, seed: int) -> np.ndarray:
+        return stratified_subset(self.data.pool.y, self.scale.n, np.random.default_rng(seed))
 
-    def run(self, spec: TrialSpec, meter: BudgetMeter, cache: CacheView, seeds: Seeds) -> TrialResult:
-        self.info.space.validate(spec.config, where=f"trial {spec.trial_id} config")
-        if type(self).prepare is SupervisedTask.prepare:
-            if seeds.subset not in self._prepared:
-                self._prepared[seeds.subset] = self.prepare(self.data, self.pool_indices(seeds), meter, cache, seeds)
-            prepared = self._prepared[seeds.subset]
-        else:
-            prepared = self.prepare(self.data, self.pool_indices(seeds), meter, cache, seeds)
-        x = prepared.x_pool
-        data = self._split(prepared, spec.data, seeds)
-        model, prior_mean = self.build_model(seeds.for_trial("init", spec.trial_id))
-        noise = torch.Generator(device="cpu").manual_seed(seeds.for_trial("noise", spec.trial_id))
-        trainer = Trainer(self.scale.steps, self.scale.batch_size, self.objective, self.device)
-        result = trainer.fit(spec, self.info, model, data, meter, noise, prior_mean, n_data=len(x))
-        if result.artifact is not None:
-            result = replace(result, artifact=(result.artifact, prepared))
+    def run(self, spec: TrialSpec, ctx: TrialContext) -> TrialResult:
+        """One trial through the hooks (see the module doc); never overridden."""
+        config = self.info.space.validate(spec.config, where=f"trial {spec.trial_id} config")
+        seeds = ctx.seeds
+        pool = self.data.pool.subset(self.pool_indices(seeds.subset))
+        train_idx, val_idx = train_validation_split(pool.y, spec.data, seeds.split)
+        trial = Trial(spec, config, pool, train_idx, val_idx, ctx, self.name)
+        try:
+            with seeded(seeds.for_trial("noise", spec.trial_id), self.device):
+                if type(self).prepare is SupervisedTask.prepare:  # nothing charged: keep it per seed
+                    if seeds.subset not in self._prepared:
+                        self._prepared[seeds.subset] = self.prepare(trial)
+                    prepared = self._prepared[seeds.subset]
+                else:
+                    prepared = self.prepare(trial)
+                data = self.transform(trial, prepared)
+                result = self.fit(trial, prepared, data)
+        except BudgetExhausted:
+            if not trial.stage_runs:
+                raise
+            result = TrialResult(spec=spec, status="cut", cost={}, steps=len(trial.stage_runs))
+        except Exception as exc:  # noqa: BLE001 - a failing hook fails the trial, never the cell
+            result = TrialResult(spec=spec, status="failed", cost={}, steps=len(trial.stage_runs),
+                                 error=f"{type(exc).__name__}: {exc}"[:500])
+        if trial.stage_runs:
+            result = dataclasses.replace(result, metrics={**result.metrics, **stage_metrics(trial.stage_runs)})
         return result
 
-    def _split(self, prepared: Prepared, use: str, seeds: Seeds) -> TrainData:
-        """All of the pool, or its stratified 80/20 train/validation split (the same for every trial of a seed)."""
-        x, y = prepared.x_pool, prepared.y_pool
-        if use != "split":
-            return TrainData(x, y)
-        reusable = prepared is self._prepared.get(seeds.subset)  # the per-seed tensors of the base prepare()
-        key = (seeds.subset, seeds.split)
-        if not reusable or self._splits.get("key") != key:
-            train_idx, val_idx = stratified_split(y.cpu().numpy(), VALIDATION_FRACTION,
-                                                  np.random.default_rng(seeds.split))
-            train_t = torch.as_tensor(train_idx, device=x.device)
-            val_t = torch.as_tensor(val_idx, device=x.device)
-            self._splits = {"key": key, "data": TrainData(x[train_t], y[train_t], x[val_t], y[val_t])}
-        return self._splits["data"]
-
     def test(self, result: TrialResult) -> dict[str, float]:
-        model, prepared = result.artifact
+        model, prepared, data = result.artifact
         return self.transform_test(evaluate(model, prepared.x_test, prepared.y_test, self.objective))
 
     def transform_test(self, metrics: dict[str, float]) -> dict[str, float]:

@@ -5,20 +5,15 @@ tests). Hyperparameters: learning rate and weight decay (log) and momentum, as i
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any
 
 import torch
 from torch import nn
 
-from hpobench_elbo.contracts import TrialResult, TrialSpec, TunerSpec
-from hpobench_elbo.engine.budget import BudgetMeter
-from hpobench_elbo.engine.cache import CacheView
-from hpobench_elbo.engine.seeds import Seeds
-from hpobench_elbo.space import Float, SearchSpace
-from hpobench_elbo.tasks.base import Scale, SupervisedTask, seeded
+from hpobench_elbo.space import Config, Float, SearchSpace
+from hpobench_elbo.tasks.base import Scale, SupervisedTask
 from hpobench_elbo.tasks.data import DataSplits, load_dataset
-from hpobench_elbo.tasks.trainer import Objective, cross_entropy_objective
+from hpobench_elbo.tasks.training import Objective, cross_entropy_objective, seeded
 
 
 def optimizer_space() -> SearchSpace:
@@ -43,25 +38,10 @@ class MLP(nn.Module):
 
 
 class MLPClassification(SupervisedTask):
-    """An MLP trained from scratch (no backbone: DE-ELBo uses the L2-zero prior here).
-
-    Option ``per_parameter_lr``: trials trained by the plain SGD tuner use one learning rate per
-    weight element (all starting at the configured ``lr``), the set-up of METHODS.md B's
-    high-dimensional learning-rate variant.
-    """
+    """An MLP trained from scratch (no backbone: DE-ELBo uses the L2-zero prior here)."""
 
     dataset: str = ""
     hidden: int = 50
-
-    def __init__(self, scale: str = "smoke", device: str = "cpu", n: int | None = None,
-                 steps: int | None = None, batch_size: int | None = None, per_parameter_lr: bool = False) -> None:
-        super().__init__(scale=scale, device=device, n=n, steps=steps, batch_size=batch_size)
-        self.per_parameter_lr = bool(per_parameter_lr)
-
-    def run(self, spec: TrialSpec, meter: BudgetMeter, cache: CacheView, seeds: Seeds) -> TrialResult:
-        if self.per_parameter_lr and spec.tuner.name == "sgd":
-            spec = replace(spec, tuner=TunerSpec("sgd", {**spec.tuner.options, "per_parameter_lr": True}))
-        return super().run(spec, meter, cache, seeds)
 
     @classmethod
     def space_for(cls, scale: str, **options: Any) -> SearchSpace:
@@ -74,7 +54,7 @@ class MLPClassification(SupervisedTask):
     def objective(self) -> Objective:
         return cross_entropy_objective()
 
-    def build_model(self, seed: int) -> tuple[nn.Module, dict[str, torch.Tensor]]:
+    def build_model(self, seed: int, config: Config) -> tuple[nn.Module, dict[str, torch.Tensor]]:
         d_in = int(torch.tensor(self.data.pool.x.shape[1:]).prod())
         with seeded(seed):
             model = MLP(d_in, self.hidden, int(self.data.pool.n_classes or 0))

@@ -53,6 +53,7 @@ code, not through a tuner; a trial asking for another tuner is recorded as faile
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any, ClassVar
 
@@ -61,34 +62,33 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from hpobench_elbo.contracts import Stage, TrialResult, TrialSpec
-from hpobench_elbo.engine.budget import BudgetExhausted, BudgetMeter
-from hpobench_elbo.engine.cache import CacheView
+from hpobench_elbo.contracts import Stage, TrialResult
 from hpobench_elbo.engine.seeds import Seeds
 from hpobench_elbo.errors import UserError
 from hpobench_elbo.space import Choice, Float, Int, SearchSpace
 from hpobench_elbo.tasks.backbones import SplitBackbone, efficientnet_lite0, minilm
-from hpobench_elbo.tasks.base import VALIDATION_FRACTION, Scale, SupervisedTask
-from hpobench_elbo.tasks.data import DataSplits, load_dataset, stratified_split
-from hpobench_elbo.tasks.trainer import Objective, cross_entropy_objective
+from hpobench_elbo.tasks.base import Prepared, Scale, SupervisedTask, Trial
+from hpobench_elbo.tasks.data import DataSplits, load_dataset
+from hpobench_elbo.tasks.training import (
+    Objective,
+    RecipeOptimizer,
+    TrainData,
+    cross_entropy_objective,
+    minibatch_indices,
+    seeded,
+)
 from hpobench_elbo.tasks.transfer import (
     EVAL_BATCH,
     FeatureStage,
     TransferModel,
-    fixed_test_data,
-    run_stage,
     describe_test_examples,
-    trial_rng,
+    fixed_test_data,
 )
 
 __all__ = ["ImagePipeline", "PipelineTask", "TextPipeline", "STAGE_NAMES"]
 
 STAGE_NAMES = ("features", "adapt", "head")
 PREP_CHOICES = (32, 48, 64)
-
-
-def _seed(*parts: int) -> int:
-    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
 
 
 class PipelineTask(SupervisedTask):
@@ -107,7 +107,6 @@ class PipelineTask(SupervisedTask):
         self.test_examples = test_examples if test_examples is not None else self.scale.extra.get("test_examples")
         self._backbones: dict[int, SplitBackbone] = {}
         self._feature_stages: dict[int, FeatureStage] = {}
-        self._stage_costs: dict[str, float] = {}
 
     # -- hooks ------------------------------------------------------------------------------
     @classmethod
@@ -156,35 +155,30 @@ class PipelineTask(SupervisedTask):
     # -- the stages -------------------------------------------------------------------------
     def _adapt(self, prep: int, z_pool: torch.Tensor, z_test: torch.Tensor, y_pool: torch.Tensor,
                train_idx: torch.Tensor, lr: float, steps: int, batch: int, seed: int,
-               meter: BudgetMeter) -> dict[str, torch.Tensor]:
-        """Fine-tune the top block on the training examples; adapted features of the pool (and, uncharged,
-        of the test set)."""
+               trial: Trial) -> dict[str, torch.Tensor]:
+        """Fine-tune the top block on the training examples under the task's recipe (schedule over the
+        stage's own ``steps``); adapted features of the pool (and, uncharged, of the test set)."""
         backbone = self.backbone(prep)
-        with trial_rng(seed, self.device):
+        with seeded(seed, self.device):
             classifier = nn.Linear(backbone.feature_dim, int(self.data.pool.n_classes or 0))
             model = TransferModel(backbone.new_trainable(), classifier, None, self.freeze_bn_stats).to(self.device)
             params = [p for p in model.parameters() if p.requires_grad]
-            optimizer = torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True)
+            optimizer = RecipeOptimizer(dataclasses.replace(self.recipe, steps=steps, batch_size=batch),
+                                        [{"params": params, "lr": lr}])
             z_train, y_train = z_pool[train_idx].to(self.device), y_pool[train_idx].to(self.device)
-            generator = torch.Generator().manual_seed(seed)
-            order, pos = torch.randperm(len(train_idx), generator=generator), 0
+            next_batch = minibatch_indices(len(train_idx), batch, torch.Generator().manual_seed(seed))
             model.train()
             for step in range(steps):
-                if pos + batch > len(order):
-                    order, pos = torch.randperm(len(train_idx), generator=generator), 0
-                idx = order[pos:pos + batch].to(self.device)
-                pos += batch
-                for group in optimizer.param_groups:
-                    group["lr"] = 0.5 * lr * (1.0 + math.cos(math.pi * step / steps))
+                idx = next_batch().to(self.device)
                 loss = F.cross_entropy(model(z_train[idx]), y_train[idx])
                 if not torch.isfinite(loss):
                     break  # the head stage sees non-finite features and records the trial as diverged
-                optimizer.zero_grad(set_to_none=True)
+                optimizer.zero_grad()
                 loss.backward()
-                optimizer.step()
+                optimizer.step(step)
             model.eval()
             pool = self._embed(model.backbone, z_pool)
-            with meter.unit("test", examples=len(z_test), check=False):
+            with trial.ctx.meter.unit("test", examples=len(z_test), check=False):
                 test = self._embed(model.backbone, z_test)
         return {"pool": pool, "test": test}
 
@@ -193,111 +187,88 @@ class PipelineTask(SupervisedTask):
         return torch.cat([top(z[i:i + EVAL_BATCH].to(self.device)).float().cpu()
                           for i in range(0, len(z), EVAL_BATCH)])
 
-    def _head(self, features: torch.Tensor, y: torch.Tensor, train_idx: torch.Tensor, val_idx: torch.Tensor | None,
-              lr: float, l2: float) -> dict[str, torch.Tensor]:
+    def _head(self, data: TrainData, lr: float, l2: float) -> dict[str, torch.Tensor]:
         """Multinomial logistic regression on standardised features (scaled by 1/sqrt(d)) by
-        full-batch SGD with momentum; returns the head and its training / validation figures."""
+        full-batch SGD with Nesterov momentum at a constant rate (a convex problem: no schedule, no
+        clipping); returns the head and its training / validation figures."""
         device = self.device
-        x_train = features[train_idx].to(device)
-        y_train = y[train_idx].to(device)
+        x_train, y_train = data.x_train.to(device), data.y_train.to(device)
         mean = x_train.mean(0)
         std = x_train.std(0, unbiased=False).clamp_min(1e-6) * math.sqrt(x_train.shape[1])
         x_train = (x_train - mean) / std
         n_classes = int(self.data.pool.n_classes or 0)
         weight = torch.zeros(x_train.shape[1], n_classes, device=device, requires_grad=True)
         bias = torch.zeros(n_classes, device=device, requires_grad=True)
-        optimizer = torch.optim.SGD([weight, bias], lr=lr, momentum=0.9, nesterov=True)
-        loss = torch.tensor(float("nan"))
-        for _ in range(int(self.scale.steps)):
-            optimizer.zero_grad(set_to_none=True)
+        head_recipe = dataclasses.replace(self.recipe, schedule="constant", clip_norm=None, batch_size=None)
+        optimizer = RecipeOptimizer(head_recipe, [{"params": [weight, bias], "lr": lr}])
+        for step in range(int(self.scale.steps)):
+            optimizer.zero_grad()
             loss = F.cross_entropy(x_train @ weight + bias, y_train)
             objective = loss + l2 * weight.pow(2).sum() if l2 else loss
             objective.backward()
-            optimizer.step()
+            optimizer.step(step)
         out = {"weight": weight.detach().cpu(), "bias": bias.detach().cpu(), "mean": mean.cpu(), "std": std.cpu()}
         with torch.no_grad():
             out["train_loss"] = F.cross_entropy(x_train @ weight + bias, y_train).cpu()
-            if val_idx is not None:
-                logits = ((features[val_idx].to(device) - mean) / std) @ weight + bias
-                y_val = y[val_idx].to(device)
+            if data.x_val is not None and data.y_val is not None:
+                logits = ((data.x_val.to(device) - mean) / std) @ weight + bias
+                y_val = data.y_val.to(device)
                 out["val_loss"] = F.cross_entropy(logits, y_val).cpu()
                 out["val_accuracy"] = (logits.argmax(1) == y_val).float().mean().cpu()
         return out
 
     # -- one trial --------------------------------------------------------------------------
-    def run(self, spec: TrialSpec, meter: BudgetMeter, cache: CacheView, seeds: Seeds) -> TrialResult:
-        config = self.info.space.validate(spec.config, where=f"trial {spec.trial_id} config")
-        base: dict[str, Any] = {"spec": spec, "cost": {}, "planned_steps": len(STAGE_NAMES)}
-        if spec.tuner.name != "sgd":
-            return TrialResult(**base, status="failed", error=f"{self.name} trains its stages itself; "
-                               f"tuner {spec.tuner.name!r} is not supported (plain configurations only)")
-        prep = int(config[self.PREP])
-        adapt_lr, adapt_steps = float(config["adapt_lr"]), int(config["adapt_steps"])
-        head_lr, head_l2 = float(config["head_lr"]), float(config["head_l2"])
-        pool = self.data.pool.subset(self.pool_indices(seeds))
-        y_pool = torch.tensor(np.asarray(pool.y), dtype=torch.long)
-        if spec.data == "split":
-            tr, va = stratified_split(pool.y, VALIDATION_FRACTION, np.random.default_rng(seeds.split))
-            train_idx, val_idx = torch.as_tensor(tr), torch.as_tensor(va)
-        else:
-            train_idx, val_idx = torch.arange(len(pool)), None
-        n_train = len(train_idx)
-        base["n_train"] = n_train
+    def _adapt_params(self, trial: Trial, stage: FeatureStage) -> dict[str, Any]:
+        """Everything the adapted features depend on: the upstream key, the stage's parameters, the
+        batch size and which examples it trains on (the split seed, hence its own seed)."""
+        split = trial.ctx.seeds.split if trial.spec.data == "split" else 0
+        n_train = len(trial.train_idx)
+        return {**stage.params, "adapt_lr": float(trial.config["adapt_lr"]),
+                "adapt_steps": int(trial.config["adapt_steps"]),
+                "batch": min(int(self.scale.batch_size or n_train), n_train), "data": trial.spec.data, "split": split}
+
+    def prepare(self, trial: Trial) -> Prepared:
+        """Stages ``features`` and ``adapt``: the adapted features of the pool and (uncharged) the test set."""
+        if trial.spec.tuner.name != "sgd":
+            raise UserError(f"{self.name} trains its stages itself; tuner {trial.spec.tuner.name!r} is not "
+                            "supported (plain configurations only)")
+        prep = int(trial.config[self.PREP])
         stage = self.feature_stage(prep)
+        y_pool = torch.tensor(np.asarray(trial.pool.y), dtype=torch.long)
+        features = stage.pool(trial.pool.x, trial)
         x_test, y_test = self.test_data()
-        runs = []
-        try:
-            features = stage.pool(pool.x, meter, cache, seeds, self._stage_costs)
-            runs.append(features)
-            z_test = stage.test(x_test, meter, cache)
-            # everything the adapted features depend on: upstream key, the stage's parameters, the batch
-            # size, which examples it trains on (split seed) and hence its own seed
-            split = seeds.split if spec.data == "split" else 0
-            batch = min(int(self.scale.batch_size or n_train), n_train)
-            upstream = {**stage.params, "adapt_lr": adapt_lr, "adapt_steps": adapt_steps, "batch": batch,
-                        "data": spec.data, "split": split}
-            adapted = run_stage(
-                cache, meter, task=self.name, stage="adapt", data_seed=seeds.subset, params=upstream,
-                compute=lambda: self._adapt(prep, features.output, z_test, y_pool, train_idx, adapt_lr, adapt_steps,
-                                            batch, _seed(seeds.subset, split, 1), meter),
-                examples=adapt_steps * batch + len(pool), known_costs=self._stage_costs)
-            runs.append(adapted)
-            head = run_stage(
-                cache, meter, task=self.name, stage="head", data_seed=seeds.subset,
-                params={**upstream, "head_lr": head_lr, "head_l2": head_l2, "head_steps": int(self.scale.steps)},
-                compute=lambda: self._head(adapted.output["pool"], y_pool, train_idx, val_idx, head_lr, head_l2),
-                examples=len(pool), known_costs=self._stage_costs)
-            runs.append(head)
-        except BudgetExhausted:
-            return TrialResult(**base, status="cut", steps=len(runs), metrics=self._cost_metrics(runs))
-        metrics = self._cost_metrics(runs)
-        out = head.output
-        metrics["train_loss"] = float(out["train_loss"])
-        if val_idx is not None:
+        z_test = stage.test(x_test, trial.ctx)
+        params = self._adapt_params(trial, stage)
+        seed = Seeds.derive(trial.ctx.seeds.subset, params["split"], 1)
+        adapted = trial.stage("adapt", params, lambda: self._adapt(
+            prep, features.output, z_test, y_pool, torch.as_tensor(trial.train_idx), params["adapt_lr"],
+            params["adapt_steps"], params["batch"], seed, trial),
+            examples=params["adapt_steps"] * params["batch"] + len(trial.pool))
+        return Prepared(adapted.output["pool"], y_pool, adapted.output["test"],
+                        torch.tensor(np.asarray(y_test), dtype=torch.long))
+
+    def fit(self, trial: Trial, prepared: Prepared, data: TrainData) -> TrialResult:
+        """Stage ``head`` on the adapted features; the result scores the validation loss (or, on all
+        N, the final training loss)."""
+        base: dict[str, Any] = {"spec": trial.spec, "cost": {}, "planned_steps": len(STAGE_NAMES),
+                                "n_train": len(trial.train_idx)}
+        head_lr, head_l2 = float(trial.config["head_lr"]), float(trial.config["head_l2"])
+        params = {**self._adapt_params(trial, self.feature_stage(int(trial.config[self.PREP]))),
+                  "head_lr": head_lr, "head_l2": head_l2, "head_steps": int(self.scale.steps)}
+        out = trial.stage("head", params, lambda: self._head(data, head_lr, head_l2), examples=len(trial.pool)).output
+        metrics = {"cost_true_total": float(sum(run.true_cost for run in trial.stage_runs)),
+                   "train_loss": float(out["train_loss"])}
+        if data.x_val is not None:
             metrics["val_loss"] = float(out["val_loss"])
             metrics["val_accuracy"] = float(out["val_accuracy"])
             score, score_name = metrics["val_loss"], "validation loss"
         else:
             score, score_name = metrics["train_loss"], "final training loss"
         if not math.isfinite(score) or not bool(torch.isfinite(out["weight"]).all()):
-            return TrialResult(**base, status="diverged", steps=len(runs), metrics=metrics,
+            return TrialResult(**base, status="diverged", steps=len(STAGE_NAMES), metrics=metrics,
                                error="non-finite head (adapt or head stage diverged)")
-        artifact = (out, adapted.output["test"], torch.tensor(np.asarray(y_test), dtype=torch.long))
-        return TrialResult(**base, status="ok", steps=len(runs), score=float(score), score_name=score_name,
-                           metrics=metrics, artifact=artifact)
-
-    @staticmethod
-    def _cost_metrics(runs: list[Any]) -> dict[str, float]:
-        metrics = {f"cost_{name}": run.true_cost for name, run in zip(STAGE_NAMES, runs)}
-        if len(runs) == len(STAGE_NAMES):
-            metrics["cost_true_total"] = float(sum(run.true_cost for run in runs))
-        memoised = 0
-        for run in runs:
-            if not run.hit:
-                break
-            memoised += 1
-        metrics["n_memoised"] = float(memoised)
-        return metrics
+        return TrialResult(**base, status="ok", steps=len(STAGE_NAMES), score=float(score), score_name=score_name,
+                           metrics=metrics, artifact=(out, prepared.x_test, prepared.y_test))
 
     @torch.no_grad()
     def test(self, result: TrialResult) -> dict[str, float]:

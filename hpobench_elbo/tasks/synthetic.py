@@ -58,10 +58,8 @@ from typing import Any
 
 import torch
 
-from hpobench_elbo.contracts import Stage, TaskInfo, TrialResult, TrialSpec
-from hpobench_elbo.engine.budget import BudgetExhausted, BudgetMeter
-from hpobench_elbo.engine.cache import CacheView
-from hpobench_elbo.engine.seeds import Seeds
+from hpobench_elbo.contracts import Stage, TaskInfo, TrialContext, TrialResult, TrialSpec
+from hpobench_elbo.engine.budget import BudgetExhausted
 from hpobench_elbo.errors import UserError
 from hpobench_elbo.space import Float, SearchSpace
 
@@ -200,7 +198,7 @@ class SyntheticPipeline:
         value = torch.tensor([stage_value(k, config)], dtype=torch.float64)
         return value if previous is None else torch.cat([previous, value])
 
-    def run(self, spec: TrialSpec, meter: BudgetMeter, cache: CacheView, seeds: Seeds) -> TrialResult:
+    def run(self, spec: TrialSpec, ctx: TrialContext) -> TrialResult:
         space_config = self.info.space.validate(spec.config, where=f"trial {spec.trial_id} config")
         config = {n: float(space_config[n]) for n in PARAM_NAMES}  # ints from YAML key like floats
         costs = self.stage_costs(config)
@@ -211,11 +209,11 @@ class SyntheticPipeline:
         try:
             for k, stage in enumerate(STAGES):
                 upstream = {n: config[n] for s in STAGES[:k + 1] for n in s.params}
-                hits = cache.stats.hits
-                output = cache.get(meter, task=self.name, stage=stage.name, data_seed=self.DATA_SEED,
-                                   params=upstream, simulated_cost=costs[k],
-                                   compute=lambda k=k, prev=output: self._compute(k, prev, config))
-                if leading and cache.stats.hits > hits:
+                run = ctx.cache.get(ctx.meter, task=self.name, stage=stage.name, data_seed=self.DATA_SEED,
+                                    params=upstream, simulated_cost=costs[k],
+                                    compute=lambda k=k, prev=output: self._compute(k, prev, config))
+                output = run.output
+                if leading and run.hit:
                     memoised += 1
                 else:
                     leading = False

@@ -64,19 +64,16 @@ device-seconds (a 9 s feature stage and 200 steps of about 0.25 s), test accurac
 tweets.
 
 Every trial runs under its own seeded torch RNG (``noise`` seed of the trial: dropout,
-drop-connect, augmentation), so a trial repeats exactly on the same device.
+drop-connect, augmentation; the staged-task base does this), so a trial repeats exactly on the
+same device.
 
-The shared helpers :func:`run_stage` (a cached stage with its true cost) and
-:class:`FeatureStage` (charged pool features, uncharged test features) are also used by the
-staged pipelines of ``tasks/pipelines.py``.
+The shared :class:`FeatureStage` (charged pool features, uncharged test features) is also used by
+the staged pipelines of ``tasks/pipelines.py``.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
 from functools import cached_property
 from typing import Any, ClassVar
 
@@ -85,30 +82,24 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from hpobench_elbo.contracts import TrialResult, TrialSpec
-from hpobench_elbo.engine.budget import BudgetMeter
-from hpobench_elbo.engine.cache import CacheView, stage_key
-from hpobench_elbo.engine.seeds import Seeds
+from hpobench_elbo.contracts import StageRun, TrialContext, TrialResult
 from hpobench_elbo.errors import UserError
-from hpobench_elbo.space import Float, SearchSpace
+from hpobench_elbo.space import Config, Float, SearchSpace
 from hpobench_elbo.tasks.backbones import SplitBackbone, efficientnet_lite0, minilm
-from hpobench_elbo.tasks.base import Prepared, Scale, SupervisedTask, seeded
+from hpobench_elbo.tasks.base import Prepared, Scale, SupervisedTask, Trial
 from hpobench_elbo.tasks.data import CUSTOM_PREFIXES, DataSplits, load_dataset, stratified_subset
-from hpobench_elbo.tasks.trainer import Objective, cross_entropy_objective, evaluate
+from hpobench_elbo.tasks.training import Objective, cross_entropy_objective, evaluate, seeded
 
 __all__ = [
     "FEATURE_STAGE",
     "TEST_SUBSET_SEED",
     "FeatureStage",
     "ImageTransfer",
-    "StageRun",
     "TextTransfer",
     "TransferModel",
     "TransferTask",
     "l2sp_space",
-    "run_stage",
     "fixed_test_subset",
-    "trial_rng",
 ]
 
 FEATURE_STAGE = "features"
@@ -134,55 +125,6 @@ def l2sp_space() -> SearchSpace:
     strength = Float(1e-6, 1e-2, log=True, zero=True, grid=(1e-2, 1e-3, 1e-4, 1e-5, 1e-6, 0.0))
     return SearchSpace.of(lr=Float(1e-4, 1e-1, log=True, grid=(1e-1, 1e-2, 1e-3, 1e-4)), alpha=strength,
                           beta=strength)
-
-
-@contextmanager
-def trial_rng(seed: int, device: str) -> Iterator[None]:
-    """Run a block under torch's global RNGs (CPU and, on a GPU, the current CUDA device) seeded
-    with ``seed``, restoring them afterwards: dropout, drop-connect and augmentation repeat."""
-    devices: list[int] = []
-    if device.startswith("cuda") and torch.cuda.is_available():
-        devices = [torch.device(device).index or 0]
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)  # seeds the CUDA generators too
-        yield
-
-
-@dataclass(frozen=True)
-class StageRun:
-    """One stage served through the cache: its output and its **true** cost under the cell's clock.
-
-    ``hit`` is True when the cell read its own cached entry (charged the read price), False when it
-    computed the stage or paid the stored true cost of an entry another cell computed.
-    """
-
-    output: Any
-    true_cost: float
-    hit: bool
-    key: str
-
-
-def run_stage(cache: CacheView, meter: BudgetMeter, *, task: str, stage: str, data_seed: int,
-              params: Mapping[str, Any], compute: Callable[[], Any], examples: int, phase: str = "train",
-              known_costs: dict[str, float] | None = None) -> StageRun:
-    """``cache.get`` for one stage, plus the stage's true cost (for ``metrics["cost_<stage>"]``).
-
-    The true cost of a stage this cell computed or paid for is what the meter charged for it; for a
-    hit it is remembered in ``known_costs`` (the task's memory), or read from the store's entry
-    after a resume in a fresh process.
-    """
-    known = known_costs if known_costs is not None else {}
-    key = stage_key(task, stage, data_seed, params, meter.unit_name)
-    hits, before = cache.stats.hits, meter.by_phase()[phase]
-    output = cache.get(meter, task=task, stage=stage, data_seed=data_seed, params=params, compute=compute,
-                       examples=examples, phase=phase)
-    if cache.stats.hits > hits:
-        if key not in known:
-            entry = cache.store.load(key)
-            known[key] = float(entry[1]) if entry is not None else float("nan")
-        return StageRun(output, known[key], True, key)
-    known[key] = meter.by_phase()[phase] - before
-    return StageRun(output, known[key], False, key)
 
 
 def fixed_test_subset(y: np.ndarray, k: int | None) -> np.ndarray | None:
@@ -218,32 +160,27 @@ class FeatureStage:
             return torch.tensor(np.asarray(x), dtype=torch.float32)
         return self.backbone.features(x, batch_size=self.batch_size, device=self.device)
 
-    def pool(self, x_pool: Any, meter: BudgetMeter, cache: CacheView, seeds: Seeds,
-             known_costs: dict[str, float] | None = None) -> StageRun:
-        return run_stage(cache, meter, task=self.task, stage=FEATURE_STAGE, data_seed=seeds.subset,
-                         params={**self.params, "part": "pool"}, compute=lambda: self.compute(x_pool),
-                         examples=len(x_pool), phase="train", known_costs=known_costs)
+    def pool(self, x_pool: Any, trial: Trial) -> StageRun:
+        """The seed's labelled pool through the cache (charged to ``train``, ``examples = len(pool)``)."""
+        return trial.stage(FEATURE_STAGE, {**self.params, "part": "pool"}, lambda: self.compute(x_pool),
+                           examples=len(x_pool))
 
-    def test(self, x_test: Any, meter: BudgetMeter | None, cache: CacheView | None,
-             params: Mapping[str, Any] | None = None) -> torch.Tensor:
-        """Features of the (fixed) test inputs: memory, else the shared store, else computed uncharged."""
+    def test(self, x_test: Any, ctx: TrialContext | None, params: Mapping[str, Any] | None = None) -> torch.Tensor:
+        """Features of the (fixed) test inputs: memory, else the shared store, else computed inside a
+        ``test`` unit (recorded, never charged)."""
         description = {**self.params, **dict(params or {}), "part": "test", "n_test": len(x_test)}
-        key = stage_key(self.task, TEST_FEATURES, 0, description, "uncharged")
-        if key in self._test:
-            return self._test[key]
-        store = cache.store if cache is not None else None
-        entry = store.load(key) if store is not None else None
-        if entry is not None:
-            out = entry[0]
-        elif meter is not None:
-            with meter.unit("test", examples=len(x_test), check=False):
-                out = self.compute(x_test)
-            if store is not None:
-                store.store(key, out, meter.last_unit_cost,
-                            {"task": self.task, "stage": TEST_FEATURES, "params": description})
-        else:
+        memory_key = repr(sorted(description.items()))
+        if memory_key in self._test:
+            return self._test[memory_key]
+        if ctx is None:
             out = self.compute(x_test)
-        self._test[key] = out
+        else:
+            def compute() -> torch.Tensor:
+                with ctx.meter.unit("test", examples=len(x_test), check=False):
+                    return self.compute(x_test)
+
+            out = ctx.cache.uncharged(task=self.task, name=TEST_FEATURES, params=description, compute=compute)
+        self._test[memory_key] = out
         return out
 
 
@@ -291,7 +228,7 @@ class ImageInput(nn.Module):
 
     In training mode with ``augment``: a random horizontal flip and a random shift of up to
     ``shift`` of the image side and zoom in [1 - zoom, 1 + zoom] per image (one ``grid_sample``),
-    drawn from torch's global CPU RNG (seeded per trial by :func:`trial_rng`).
+    drawn from torch's global CPU RNG (seeded per trial by the staged-task base).
     """
 
     def __init__(self, prepare: Callable[[torch.Tensor], torch.Tensor], augment: bool,
@@ -348,8 +285,6 @@ class TransferTask(SupervisedTask):
             raise UserError(f"task {self.name!r}: test_examples must be an integer >= 0 (0: all), "
                             f"got {test_examples!r}")
         self.test_examples = test_examples if test_examples is not None else self.scale.extra.get("test_examples")
-        self._stage_costs: dict[str, float] = {}
-        self._last_features: StageRun | None = None
 
     # -- hooks ------------------------------------------------------------------------------
     @classmethod
@@ -394,7 +329,7 @@ class TransferTask(SupervisedTask):
         """Pretrained values of the trainable top, by model parameter name (read-only, shared by trials)."""
         return {f"backbone.{name}": value.to(self.device) for name, value in self.backbone.pretrained_params().items()}
 
-    def build_model(self, seed: int) -> tuple[nn.Module, dict[str, torch.Tensor]]:
+    def build_model(self, seed: int, config: Config) -> tuple[nn.Module, dict[str, torch.Tensor]]:
         top = self.backbone.new_trainable()
         with seeded(seed):
             head = nn.Linear(self.backbone.feature_dim, int(self.data.pool.n_classes or 0))
@@ -403,32 +338,16 @@ class TransferTask(SupervisedTask):
     def test_data(self) -> tuple[Any, np.ndarray]:
         return fixed_test_data(self)
 
-    def prepare(self, data: DataSplits, pool_idx: np.ndarray, meter: BudgetMeter, cache: CacheView,
-                seeds: Seeds) -> Prepared:
+    def prepare(self, trial: Trial) -> Prepared:
         """The pool's features (the charged, cached stage) and the test features (never charged)."""
-        pool = data.pool.subset(pool_idx)
-        stage = self.feature_stage.pool(pool.x, meter, cache, seeds, self._stage_costs)
-        self._last_features = stage
+        stage = self.feature_stage.pool(trial.pool.x, trial)
         x_test, y_test = self.test_data()
-        test_features = self.feature_stage.test(x_test, meter, cache)
-        return Prepared(stage.output.to(self.device), self.label_tensor(pool.y),
+        test_features = self.feature_stage.test(x_test, trial.ctx)
+        return Prepared(stage.output.to(self.device), self.label_tensor(trial.pool.y),
                         test_features.to(self.device), self.label_tensor(y_test))
 
-    # -- one trial --------------------------------------------------------------------------
-    def run(self, spec: TrialSpec, meter: BudgetMeter, cache: CacheView, seeds: Seeds) -> TrialResult:
-        """``SupervisedTask.run`` under the trial's seeded RNG; records the feature stage's true cost."""
-        self._last_features = None
-        with trial_rng(seeds.for_trial("noise", spec.trial_id), self.device):
-            result = super().run(spec, meter, cache, seeds)
-        stage = self._last_features
-        if stage is not None:
-            metrics = {**result.metrics, f"cost_{FEATURE_STAGE}": stage.true_cost,
-                       "n_memoised": float(stage.hit)}
-            result = dataclasses.replace(result, metrics=metrics)
-        return result
-
     def test(self, result: TrialResult) -> dict[str, float]:
-        model, prepared = result.artifact
+        model, prepared, _ = result.artifact
         return evaluate(model, prepared.x_test, prepared.y_test, self.objective, batch_size=EVAL_BATCH)
 
     def describe_scale(self, name: str, scale: Scale) -> str:

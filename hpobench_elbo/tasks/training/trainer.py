@@ -1,14 +1,16 @@
 """The one Trainer: runs every training of every task, whichever tuner takes the steps.
 
-It builds the trial's tuner from its ``TunerSpec``, feeds shuffled minibatches, checks the meter
-before every step (a step is a ``train`` unit; the tuner's own extra work nests as ``hyper``),
-catches divergence and errors, validates when the trial has a validation split, and returns a
-``TrialResult`` whose ``artifact`` is the model to test.
+It builds the trial's tuner from its ``TunerSpec`` (through ``TrialContext.build_tuner``), hands it
+the task's recipe (``TrainSetup.make_optimizer``: schedule, clipping, momentum), feeds shuffled
+minibatches, checks the meter before every step (a step is a ``train`` unit; the tuner's own extra
+work nests as ``hyper``), catches divergence and errors, validates when the trial has a
+validation split, and returns a ``TrialResult`` whose ``artifact`` is the model to test.
 """
 
 from __future__ import annotations
 
 import collections
+import functools
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -17,9 +19,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from hpobench_elbo.contracts import TaskInfo, TrainSetup, TrialResult, TrialSpec, Tuner
-from hpobench_elbo.engine.budget import BudgetExhausted, BudgetMeter
-from hpobench_elbo.engine.registry import TUNERS, check_contract
+from hpobench_elbo.contracts import Recipe, TaskInfo, TrainSetup, TrialContext, TrialResult, TrialSpec, Tuner
+from hpobench_elbo.engine.budget import BudgetExhausted
+from hpobench_elbo.tasks.training.recipe import RecipeOptimizer
+from hpobench_elbo.tasks.training.sampling import minibatch_indices
 
 
 @dataclass(frozen=True)
@@ -30,6 +33,9 @@ class TrainData:
     y_train: torch.Tensor
     x_val: torch.Tensor | None = None
     y_val: torch.Tensor | None = None
+    transform: Any = None
+    """What the task's ``transform`` hook fitted on the training examples (e.g. a standardiser),
+    kept for the test evaluation."""
 
 
 @dataclass(frozen=True)
@@ -72,47 +78,36 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, objective: Obje
 
 
 class Trainer:
-    """Trains one model for ``steps`` minibatch steps of ``batch_size`` (None: full batch)."""
+    """Trains one model under a task's recipe (``recipe.steps`` minibatch steps of ``recipe.batch_size``)."""
 
-    def __init__(self, steps: int, batch_size: int | None, objective: Objective, device: str = "cpu") -> None:
-        self.steps = steps
-        self.batch_size = batch_size
+    def __init__(self, recipe: Recipe, objective: Objective, device: str = "cpu") -> None:
+        self.recipe = recipe
+        self.steps = recipe.steps
+        self.batch_size = recipe.batch_size
         self.objective = objective
         self.device = device
 
-    def _batches(self, n: int, generator: torch.Generator) -> Callable[[], torch.Tensor]:
-        size = n if self.batch_size is None or self.batch_size >= n else self.batch_size
-        state = {"perm": torch.randperm(n, generator=generator), "pos": 0}
-
-        def next_indices() -> torch.Tensor:
-            if state["pos"] + size > n:  # drop the last partial batch, reshuffle
-                state["perm"], state["pos"] = torch.randperm(n, generator=generator), 0
-            idx = state["perm"][state["pos"]:state["pos"] + size]
-            state["pos"] += size
-            return idx
-
-        return next_indices
-
-    def fit(self, spec: TrialSpec, info: TaskInfo, model: nn.Module, data: TrainData, meter: BudgetMeter,
+    def fit(self, spec: TrialSpec, info: TaskInfo, model: nn.Module, data: TrainData, ctx: TrialContext,
             generator: torch.Generator, prior_mean: Mapping[str, torch.Tensor], n_data: int) -> TrialResult:
         """Train, validate if there is a validation split, and return the result (never raises for a bad trial)."""
+        meter = ctx.meter
         n = len(data.x_train)
         base = {"spec": spec, "cost": {}, "planned_steps": self.steps, "n_train": n}
         step = 0
         try:
-            tuner: Tuner = TUNERS.create(spec.tuner.name, **dict(spec.tuner.options))
-            check_contract(tuner, Tuner)
+            tuner: Tuner = ctx.build_tuner(spec.tuner)
             model.to(self.device)
             model.train()
             batch_size = n if self.batch_size is None else min(self.batch_size, n)
             setup = TrainSetup(loss_fn=self.objective.loss_fn, n_train=n, n_data=n_data, total_steps=self.steps,
                                batch_size=batch_size, prior_mean=prior_mean, generator=generator, meter=meter,
+                               recipe=self.recipe, make_optimizer=functools.partial(RecipeOptimizer, self.recipe),
                                device=self.device, train_data=(data.x_train, data.y_train))
             tuner.init(model, info, spec.config, setup)
-            next_train = self._batches(n, generator)
+            next_train = minibatch_indices(n, self.batch_size, generator)
             val_batch = None
             if data.x_val is not None and data.y_val is not None:
-                next_val = self._batches(len(data.x_val), generator)
+                next_val = minibatch_indices(len(data.x_val), self.batch_size, generator)
 
                 def val_batch() -> tuple[torch.Tensor, torch.Tensor]:
                     idx = next_val()

@@ -17,8 +17,8 @@ equations, as a tuner the ``Trainer`` drives:
 * Per-step loss (the HEAD form, pitfall A.8-1): mean minibatch NLL at one sample
   w = m + sigma * eps (one eps per minibatch, through ``torch.func.functional_call``)
   + KL / (kappa n_train), with kappa = D / n_train ("data-emphasized") or a number (1: plain ELBo).
-* SGD, Nesterov momentum 0.9, no weight decay, over [m, rho]; the total gradient norm is clipped at
-  1.0; the learning rate (config ``lr``) anneals to 0 on a cosine over the run.
+* The task's recipe (``TrainSetup.make_optimizer``: SGD with Nesterov momentum, the schedule, the
+  gradient-norm clipping; no weight decay) over [m, rho], starting from the config's ``lr``.
 * Selection: after training, the final training objective = mean NLL over the whole training set
   averaged over ``selection_samples`` posterior samples (eval mode) + KL / (kappa n_train); lower is
   better. Prediction (``eval_model``) is deterministic at the mean m (pitfall A.8-7).
@@ -43,7 +43,6 @@ from torch.func import functional_call
 
 from hpobench_elbo.contracts import StepStats, TaskInfo, TrainSetup
 from hpobench_elbo.errors import UserError
-from hpobench_elbo.tasks.tuners.sgd import cosine_lr
 
 PRIORS = ("auto", "l2-sp", "l2-zero")
 DATA_EMPHASIZED = "data-emphasized"
@@ -135,45 +134,63 @@ def build_param_map(params: Mapping[str, torch.Tensor], prior_mean: Mapping[str,
 # The tuner
 # ---------------------------------------------------------------------------------------------
 
+@dataclass(frozen=True)
+class ELBoOptions:
+    """The ELBo tuner's options, checked once here (the methods build them to validate theirs).
+
+    ``kappa``: ``"data-emphasized"`` (D / n_train) or a positive number (1: the plain ELBo);
+    ``sigma_init``: the initial posterior standard deviation; ``per_parameter_sigma``: one sigma per
+    weight element (the diag q) instead of one shared sigma; ``selection_samples``: posterior
+    samples of the final training objective; ``prior``: ``auto``, ``l2-sp`` or ``l2-zero``.
+    """
+
+    kappa: str | float = DATA_EMPHASIZED
+    sigma_init: float = 1e-4
+    per_parameter_sigma: bool = False
+    selection_samples: int = 10
+    prior: str = "auto"
+
+    def __post_init__(self) -> None:
+        kappa = self.kappa
+        if isinstance(kappa, str) and kappa != DATA_EMPHASIZED or not isinstance(kappa, str) and (
+                isinstance(kappa, bool) or not isinstance(kappa, (int, float)) or not kappa > 0
+                or not math.isfinite(kappa)):
+            raise UserError(f"kappa: expected {DATA_EMPHASIZED!r} or a positive number, got {kappa!r}")
+        if isinstance(self.sigma_init, bool) or not isinstance(self.sigma_init, (int, float)) \
+                or not self.sigma_init > 0:
+            raise UserError(f"sigma_init: expected a positive number, got {self.sigma_init!r}")
+        if not isinstance(self.per_parameter_sigma, bool):
+            raise UserError(f"per_parameter_sigma: expected true or false, got {self.per_parameter_sigma!r}")
+        if self.prior not in PRIORS:
+            raise UserError(f"prior: expected one of {', '.join(PRIORS)}, got {self.prior!r}")
+        samples = self.selection_samples
+        if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+            raise UserError(f"selection_samples: expected an integer >= 1, got {samples!r}")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kappa": self.kappa, "per_parameter_sigma": self.per_parameter_sigma, "prior": self.prior,
+                "sigma_init": float(self.sigma_init), "selection_samples": self.selection_samples}
+
+
+CLIP_NORM = 1.0  # the papers' total gradient-norm clipping (moves into every task's recipe)
+
+
 class ELBoTuner:
     """Mean-field Gaussian q over all trainable weights; lambda*, tau* in closed form every step.
 
-    Options: ``kappa`` (``"data-emphasized"`` = D / n_train, or a positive number; 1 is the plain
-    ELBo), ``sigma_init``, ``per_parameter_sigma``, ``momentum``, ``nesterov``, ``clip_norm`` (None:
-    no clipping), ``selection_samples``, ``prior`` (``auto``, ``l2-sp``, ``l2-zero``). Config key
-    read: ``lr``; every other key of the configuration is ignored (the ELBo learns the
-    regularisation).
+    Options: those of :class:`ELBoOptions`. Config key read: ``lr``; every other key of the
+    configuration is ignored (the ELBo learns the regularisation).
     """
 
     score_name = "final training objective"
 
-    def __init__(self, kappa: str | float = DATA_EMPHASIZED, sigma_init: float = 1e-4,
-                 per_parameter_sigma: bool = False, momentum: float = 0.9, nesterov: bool = True,
-                 clip_norm: float | None = 1.0, selection_samples: int = 10, prior: str = "auto") -> None:
-        if isinstance(kappa, str):
-            if kappa != DATA_EMPHASIZED:
-                raise UserError(f"elbo tuner: kappa must be {DATA_EMPHASIZED!r} or a positive number, got {kappa!r}")
-        elif isinstance(kappa, bool) or not isinstance(kappa, (int, float)) or not kappa > 0 \
-                or not math.isfinite(kappa):
-            raise UserError(f"elbo tuner: kappa must be {DATA_EMPHASIZED!r} or a positive number, got {kappa!r}")
-        if isinstance(sigma_init, bool) or not isinstance(sigma_init, (int, float)) or not sigma_init > 0:
-            raise UserError(f"elbo tuner: sigma_init must be a positive number, got {sigma_init!r}")
-        if prior not in PRIORS:
-            raise UserError(f"elbo tuner: prior must be one of {', '.join(PRIORS)}, got {prior!r}")
-        if isinstance(selection_samples, bool) or not isinstance(selection_samples, int) or selection_samples < 1:
-            raise UserError(f"elbo tuner: selection_samples must be an integer >= 1, got {selection_samples!r}")
-        if not 0.0 <= float(momentum) < 1.0:
-            raise UserError(f"elbo tuner: momentum must lie in [0, 1), got {momentum!r}")
-        if clip_norm is not None and not float(clip_norm) > 0:
-            raise UserError(f"elbo tuner: clip_norm must be positive or None, got {clip_norm!r}")
-        self.kappa_option = kappa
-        self.sigma_init = float(sigma_init)
-        self.per_parameter_sigma = bool(per_parameter_sigma)
-        self.momentum = float(momentum)
-        self.nesterov = bool(nesterov)
-        self.clip_norm = None if clip_norm is None else float(clip_norm)
-        self.selection_samples = selection_samples
-        self.prior = prior
+    def __init__(self, **options: Any) -> None:
+        opts = ELBoOptions(**options)
+        self.kappa_option = opts.kappa
+        self.sigma_init = float(opts.sigma_init)
+        self.per_parameter_sigma = opts.per_parameter_sigma
+        self.selection_samples = opts.selection_samples
+        self.prior = opts.prior
         self._trajectory: list[dict[str, float]] = []
         self._final: dict[str, float] | None = None
         self._steps_done = 0
@@ -216,9 +233,8 @@ class ELBoTuner:
         else:
             self.rho = torch.tensor(rho0, dtype=first.dtype, device=first.device, requires_grad=True)
             rho_list = [self.rho]
-        self.optimizer = torch.optim.SGD([{"params": list(self.params.values())}, {"params": rho_list}],
-                                         lr=self.lr, momentum=self.momentum, weight_decay=0.0,
-                                         nesterov=self.nesterov and self.momentum > 0)
+        self.optimizer = setup.make_optimizer([{"params": list(self.params.values()), "lr": self.lr},
+                                               {"params": rho_list, "lr": self.lr}])
         self._all = list(self.params.values()) + rho_list
         self.total_steps = int(setup.total_steps)
         self.record_every = max(1, self.total_steps // TRAJECTORY_POINTS)
@@ -320,9 +336,7 @@ class ELBoTuner:
     def step(self, model: nn.Module, batch: tuple[torch.Tensor, ...], step: int,
              val_batch: Callable[[], tuple[torch.Tensor, ...]] | None) -> StepStats:
         x, y = batch
-        for group in self.optimizer.param_groups:
-            group["lr"] = cosine_lr(self.lr, step, self.total_steps)
-        self.optimizer.zero_grad(set_to_none=True)
+        self.optimizer.zero_grad()
         nll = self.setup.loss_fn(functional_call(model, self._sample(), (x,)), y)
         nll.backward()
         with self.setup.meter.unit("hyper", examples=0):
@@ -331,9 +345,8 @@ class ELBoTuner:
             reg.backward()
             if step % self.record_every == 0 or step == self.total_steps - 1:
                 self._record(step, terms, float(nll.detach()))
-        if self.clip_norm is not None:
-            nn.utils.clip_grad_norm_(self._all, self.clip_norm)
-        self.optimizer.step()
+        nn.utils.clip_grad_norm_(self._all, CLIP_NORM)
+        self.optimizer.step(step)
         self._steps_done = step + 1
         nll_value, reg_value = torch.stack([nll.detach().double(), reg.detach()]).tolist()  # one device sync
         objective = nll_value + reg_value
@@ -397,4 +410,3 @@ class ELBoTuner:
         return torch.cat(list(parts))
 
 
-REGISTER = {"elbo": ELBoTuner}

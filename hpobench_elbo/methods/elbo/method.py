@@ -9,7 +9,7 @@ i.e. the L2-SP strengths) are learned inside one training run by maximising
     L_kappa = kappa * sum_i E_q[log p(y_i | x_i, w)] - KL(q || p(w | lambda, tau))
 
 over a mean-field Gaussian q, with lambda and tau at their closed-form optimum every step (the
-``elbo`` tuner, ``hpobench_elbo/tasks/tuners/elbo.py``). The only search is over the initial
+``elbo`` tuner, ``tuner.py`` in this folder). The only search is over the initial
 learning rate: one trial per learning rate, each trained on **all** N labelled examples (no
 validation split, ``validation = "none"``); the recommendation is the ok trial with the lowest
 final training objective (mean NLL over 10 posterior samples + KL / (kappa N)), never a
@@ -22,8 +22,8 @@ Methods:
 
 Defaults (METHODS.md A.5): learning rates (1e-1, 1e-2, 1e-3, 1e-4), asked in that order; sigma
 init 1e-4 (softplus), one sigma shared by all weights (``per_parameter_sigma=True``: the diag
-variant), SGD with Nesterov momentum 0.9, no weight decay, total gradient norm clipped at 1.0,
-cosine annealing to 0 over the task's steps, 10 posterior samples for the selection score; prior
+variant), 10 posterior samples for the selection score; the task's recipe for the rest (SGD with
+Nesterov momentum 0.9, cosine annealing, gradient-norm clipping; no weight decay); prior
 ``auto`` = L2-SP when the task has a pretrained backbone, else L2-zero (``prior="l2-zero"`` forces
 a zero mean). Steps, batch size and data come from the task's scale, as for every method.
 
@@ -43,10 +43,10 @@ from typing import Any
 from hpobench_elbo.contracts import AskContext, TaskInfo, TrialSpec, TunerSpec
 from hpobench_elbo.errors import UserError
 from hpobench_elbo.methods.base import SelectsBestScore
+from hpobench_elbo.methods.elbo.tuner import ELBoOptions
 from hpobench_elbo.space import Choice, Float, Int, Param, SearchSpace
 
 DEFAULT_LRS = (1e-1, 1e-2, 1e-3, 1e-4)
-PRIORS = ("auto", "l2-sp", "l2-zero")
 
 
 def placeholder_value(param: Param) -> Any:
@@ -82,41 +82,24 @@ class DataEmphasizedELBo(SelectsBestScore):
                  per_parameter_sigma: bool = False, prior: str = "auto", sigma_init: float = 1e-4,
                  selection_samples: int = 10) -> None:
         super().__init__(info, seed)
-        options = {"lrs": lrs, "prior": prior, "sigma_init": sigma_init, "selection_samples": selection_samples}
-        self.check_values(options)
         self.lrs = _check_lrs(lrs)
-        self.tuner_options = {
-            "kappa": self.kappa,
-            "per_parameter_sigma": bool(per_parameter_sigma),
-            "prior": prior,
-            "sigma_init": float(sigma_init),
-            "selection_samples": int(selection_samples),
-        }
+        self.tuner_options = ELBoOptions(kappa=self.kappa, per_parameter_sigma=per_parameter_sigma, prior=prior,
+                                         sigma_init=sigma_init, selection_samples=selection_samples).to_json()
         self.fixed: dict[str, Any] = {}
         if info is not None:
-            self.validate_options(info.space, options)
+            self.validate_options(info.space, {"lrs": lrs})
             self.fixed = {name: placeholder_value(p) for name, p in info.space if name != "lr"}
         self.position = 0
 
-    @staticmethod
-    def check_values(options: Mapping[str, Any]) -> None:
-        """Option values that need no task to judge."""
-        if "lrs" in options:
-            _check_lrs(options["lrs"])
-        prior = options.get("prior", "auto")
-        if prior not in PRIORS:
-            raise UserError(f"prior: expected one of {', '.join(PRIORS)}, got {prior!r}")
-        sigma_init = options.get("sigma_init", 1e-4)
-        if isinstance(sigma_init, bool) or not isinstance(sigma_init, (int, float)) or not sigma_init > 0:
-            raise UserError(f"sigma_init: expected a positive number, got {sigma_init!r}")
-        samples = options.get("selection_samples", 10)
-        if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
-            raise UserError(f"selection_samples: expected an integer >= 1, got {samples!r}")
+    @classmethod
+    def inapplicable_reason(cls, info: TaskInfo) -> str | None:
+        """The sweep is over the learning rate: a space without ``lr`` cannot take it."""
+        return None if "lr" in info.space.names else f"needs an 'lr' hyperparameter (the space has {', '.join(info.space.names)})"
 
     @staticmethod
     def validate_options(space: SearchSpace, options: Mapping[str, Any]) -> None:
-        """The space must have ``lr`` and hold every learning rate of the sweep."""
-        DataEmphasizedELBo.check_values(options)
+        """The options are valid, the space has ``lr`` and holds every learning rate of the sweep."""
+        ELBoOptions(**{k: v for k, v in options.items() if k in ELBoOptions.__dataclass_fields__})
         if "lr" not in space.names:
             raise UserError(f"the ELBo methods need an 'lr' hyperparameter; the space has {', '.join(space.names)}")
         for i, lr in enumerate(_check_lrs(options.get("lrs", DEFAULT_LRS))):
@@ -140,5 +123,3 @@ class PlainELBo(DataEmphasizedELBo):
     name = "elbo"
     kappa = 1.0
 
-
-REGISTER = {DataEmphasizedELBo.name: DataEmphasizedELBo, PlainELBo.name: PlainELBo}

@@ -1,0 +1,13 @@
+"""Learned ELBo (METHODS.md Part A): the data-emphasized ELBo and the plain ELBo, adapter and tuner.
+
+``method.py`` is the HPO method (the learning-rate sweep and the selection by final training
+objective); ``tuner.py`` is the training step that learns the prior variances.
+"""
+
+from hpobench_elbo.methods.elbo.method import DataEmphasizedELBo, PlainELBo
+from hpobench_elbo.methods.elbo.tuner import ELBoOptions, ELBoTuner
+
+REGISTER = {DataEmphasizedELBo.name: DataEmphasizedELBo, PlainELBo.name: PlainELBo}
+TUNERS = {"elbo": ELBoTuner}
+
+__all__ = ["DataEmphasizedELBo", "ELBoOptions", "ELBoTuner", "PlainELBo", "REGISTER", "TUNERS"]

@@ -1,0 +1,67 @@
+"""The training recipe applied to every tuner: the one cosine schedule, gradient clipping and the
+momentum step (DESIGN.md, "Budget rule": same recipe for everyone).
+
+``contracts.Recipe`` says what a task's recipe is; :class:`RecipeOptimizer` is how the ``Trainer``
+applies it. Tuners that follow the recipe get one through ``TrainSetup.make_optimizer`` and never
+build an optimizer, a schedule or a clipping step of their own.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from hpobench_elbo.contracts import Recipe
+
+
+def cosine_lr(lr: float, step: int, total_steps: int) -> float:
+    """The learning rate at ``step`` of a cosine annealing from ``lr`` to 0 over ``total_steps``."""
+    return 0.5 * lr * (1.0 + math.cos(math.pi * step / max(1, total_steps)))
+
+
+def scheduled_lr(recipe: Recipe, lr: float, step: int) -> float:
+    """The base rate ``lr`` at ``step`` under the recipe's schedule."""
+    return lr if recipe.schedule == "constant" else cosine_lr(lr, step, recipe.steps)
+
+
+class RecipeOptimizer:
+    """SGD over parameter groups under a task's recipe.
+
+    Each group is a mapping with ``params`` and a base ``lr``, optionally ``momentum`` (else the
+    recipe's) and ``weight_decay`` (PyTorch-style, added to the gradient; default 0). Nesterov follows
+    the recipe wherever momentum is positive. :meth:`step` sets every group's rate from the schedule,
+    clips the total gradient norm over ``clip_params`` (default: every parameter of the groups) to
+    ``recipe.clip_norm``, and steps. ``history`` keeps, per step, the scheduled rate of the first
+    group and the total gradient norm before clipping (what a test checks).
+    """
+
+    def __init__(self, recipe: Recipe, param_groups: Sequence[Mapping[str, Any]],
+                 clip_params: Iterable[torch.Tensor] | None = None) -> None:
+        self.recipe = recipe
+        groups = []
+        for group in param_groups:
+            momentum = float(group.get("momentum", recipe.momentum))
+            groups.append({"params": list(group["params"]), "lr": float(group["lr"]), "momentum": momentum,
+                           "weight_decay": float(group.get("weight_decay", 0.0)),
+                           "nesterov": bool(recipe.nesterov and momentum > 0)})
+        self.base_lrs = [g["lr"] for g in groups]
+        self.optimizer = torch.optim.SGD(groups, lr=groups[0]["lr"])
+        self.clip_params = list(clip_params) if clip_params is not None else \
+            [p for g in groups for p in g["params"]]
+        self.history: list[tuple[float, float]] = []
+
+    def zero_grad(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def step(self, step: int) -> None:
+        for group, base in zip(self.optimizer.param_groups, self.base_lrs):
+            group["lr"] = scheduled_lr(self.recipe, base, step)
+        norm = float("nan")
+        if self.recipe.clip_norm is not None:
+            norm = float(nn.utils.clip_grad_norm_(self.clip_params, self.recipe.clip_norm))
+        self.history.append((self.optimizer.param_groups[0]["lr"], norm))
+        self.optimizer.step()
