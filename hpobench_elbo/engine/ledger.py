@@ -1,18 +1,30 @@
 """The ledger: an append-only JSONL journal per cell, the single source of truth for results.
 
-Schema (version 1), one JSON object per line:
+This docstring is the one place the schema is documented. Current version: 2. One JSON object
+per line:
 
 * line 1, ``{"type": "header", ...}``: ``schema``, ``suite``, ``suite_hash``, ``cell`` (task,
-  scale, method, options, seed, budget), ``seeds`` (the named child seeds), ``versions`` (python
-  and key packages), ``git_sha``, ``device``, ``clock``, ``unit``, ``threads``, ``determinism``,
-  ``metric``, ``direction`` (of the task's test metric), ``created``.
+  scale, method, options, seed, budget, clock, refit, cache, label), ``seeds`` (the named child
+  seeds), ``versions`` (python and key packages), ``git_sha``, ``device``, ``clock``, ``unit``,
+  ``threads``, ``determinism``, ``metric``, ``direction`` (of the task's test metric), ``created``;
+  since version 2: ``recipe`` (the task's training recipe, ``contracts.Recipe``; null for a task
+  that trains nothing), ``validation`` (the method's: ``selection``, ``hypergradient``, ``none``)
+  and ``data_use`` (what data the method trained and selected on, in words).
 * then one ``{"type": "trial", ...}`` line per finished trial (any status), fsynced: the
   ``TrialResult`` fields (``trial_id``, ``kind``, ``config``, ``tuner``, ``data``, ``status``,
-  ``cost`` per phase, ``steps``, ``score``, ``metrics``, ``test``, ``trajectory``, cache hits and
-  cost saved, ``overshoot``, ``error``), plus ``recommendation`` (the trial the method would deploy
+  ``cost`` per phase, ``steps``, ``planned_steps``, ``score``, ``score_name``, ``metrics``,
+  ``test``, ``trajectory``, ``cache_hits``, ``cache_misses``, ``cost_saved``, ``cache_keys``,
+  ``overshoot``, ``n_train``, ``error``), plus ``recommendation`` (the trial the method would deploy
   after this one), ``spent`` (cumulative charged cost), ``meter`` (cumulative cost per phase, so a
-  resume restores the meter exactly) and ``time`` (ISO timestamp, informative).
-* last, once the cell has finished, ``{"type": "end", "reason": ..., "spent": ...}``.
+  resume restores the meter exactly), ``unit`` and ``time`` (ISO timestamp, informative). A refit
+  row also carries ``stop_reason``.
+* last, once the cell has finished, ``{"type": "end", "reason": ..., "spent": ..., "recommendation":
+  ..., "overshoot": ..., "meter": ...}``.
+
+Versions: each change bumps :data:`SCHEMA_VERSION`; new fields are optional and :func:`migrate`
+brings every older version to the current one on read, so committed ledgers stay readable.
+
+* 1 -> 2: the header gains ``recipe``, ``validation`` and ``data_use`` (read as null / "unknown").
 
 A torn last line (a crash mid-write) is moved to ``<file>.torn`` with a warning and the run goes
 on; damage before the last line stops with a ``LedgerError`` naming the file and line.
@@ -32,7 +44,18 @@ from typing import Any
 from hpobench_elbo.engine.faults import fault_point
 from hpobench_elbo.errors import LedgerError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+KNOWN_VERSIONS = (1, 2)
+
+
+def migrate(header: dict[str, Any]) -> dict[str, Any]:
+    """The header of any known schema version, in the current version's shape (rows need no change
+    up to version 2)."""
+    out = dict(header)
+    if out.get("schema") == 1:
+        out.update({"recipe": None, "validation": "unknown", "data_use": "unknown"})
+        out["schema_read_as"] = SCHEMA_VERSION
+    return out
 
 
 @dataclass(frozen=True)
@@ -72,8 +95,10 @@ def _parse(path: Path, text: str) -> LedgerContents:
     if not objects or objects[0].get("type") != "header":
         raise LedgerError(f"{path}:1: missing ledger header")
     header, rows = objects[0], objects[1:]
-    if header.get("schema") != SCHEMA_VERSION:
-        raise LedgerError(f"{path}:1: ledger schema {header.get('schema')!r}, expected {SCHEMA_VERSION}")
+    if header.get("schema") not in KNOWN_VERSIONS:
+        raise LedgerError(f"{path}:1: ledger schema {header.get('schema')!r}; this version reads "
+                          f"{', '.join(map(str, KNOWN_VERSIONS))}")
+    header = migrate(header)
     ends = [r for r in rows if r.get("type") == "end"]
     return LedgerContents(header, [r for r in rows if r.get("type") == "trial"], torn, ends[-1] if ends else None)
 

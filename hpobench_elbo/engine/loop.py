@@ -85,6 +85,15 @@ def _normal(obj: Any) -> Any:
     return json.loads(json.dumps(obj, sort_keys=True))
 
 
+def data_use(validation: str, refit: bool) -> str:
+    """What data a method trains and selects on, in words (written in the ledger header)."""
+    if validation == "selection":
+        return "80% of N, selected on the 20% validation split" + (", refit on all N" if refit else "")
+    if validation == "hypergradient":
+        return "80% of N, validation minibatches in the hypergradient, selected on the validation split"
+    return "all N, no validation data"
+
+
 def cell_header(cell: Cell, seeds: Seeds, unit: str, ctx: RunContext) -> dict[str, Any]:
     import torch
 
@@ -122,7 +131,9 @@ class CellRunner:
         self.method = method
         self.build_tuner = build_tuner
         header = {**cell_header(cell, self.seeds, self.meter.unit_name, ctx),
-                  "metric": self.info.metric, "direction": self.info.direction}
+                  "metric": self.info.metric, "direction": self.info.direction,
+                  "recipe": None if self.info.recipe is None else self.info.recipe.to_json(),
+                  "validation": method.validation, "data_use": data_use(method.validation, cell.refit)}
         self.ledger = Ledger.open(ctx.out_dir / f"{cell.cell_id}.jsonl", header, force=ctx.force)
         self.cache: CacheView = cache.view()
         self.results: dict[int, TrialResult] = {}

@@ -40,7 +40,8 @@ from hpobench_elbo.tasks.training import Objective, TrainData, Trainer, evaluate
 class Scale:
     """How big a task runs: labelled pool size N (None = all), steps, batch size (None = full batch).
 
-    ``clip_norm`` and ``schedule`` complete the task's training recipe at this scale (see
+    ``clip_norm`` (default 1.0, the DE-ELBo papers' total gradient-norm clipping) and ``schedule``
+    (default cosine annealing) complete the task's training recipe at this scale (see
     ``contracts.Recipe``); ``extra`` holds task-specific settings.
     """
 
@@ -48,7 +49,7 @@ class Scale:
     steps: int
     batch_size: int | None
     extra: Mapping[str, Any] = field(default_factory=dict)
-    clip_norm: float | None = None
+    clip_norm: float | None = 1.0
     schedule: str = "cosine"
 
     def describe(self) -> str:

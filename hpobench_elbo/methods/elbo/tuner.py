@@ -172,9 +172,6 @@ class ELBoOptions:
                 "sigma_init": float(self.sigma_init), "selection_samples": self.selection_samples}
 
 
-CLIP_NORM = 1.0  # the papers' total gradient-norm clipping (moves into every task's recipe)
-
-
 class ELBoTuner:
     """Mean-field Gaussian q over all trainable weights; lambda*, tau* in closed form every step.
 
@@ -235,7 +232,6 @@ class ELBoTuner:
             rho_list = [self.rho]
         self.optimizer = setup.make_optimizer([{"params": list(self.params.values()), "lr": self.lr},
                                                {"params": rho_list, "lr": self.lr}])
-        self._all = list(self.params.values()) + rho_list
         self.total_steps = int(setup.total_steps)
         self.record_every = max(1, self.total_steps // TRAJECTORY_POINTS)
         device = torch.device(setup.device)
@@ -345,7 +341,6 @@ class ELBoTuner:
             reg.backward()
             if step % self.record_every == 0 or step == self.total_steps - 1:
                 self._record(step, terms, float(nll.detach()))
-        nn.utils.clip_grad_norm_(self._all, CLIP_NORM)
         self.optimizer.step(step)
         self._steps_done = step + 1
         nll_value, reg_value = torch.stack([nll.detach().double(), reg.detach()]).tolist()  # one device sync
