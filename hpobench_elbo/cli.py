@@ -4,7 +4,7 @@
                             [--only task=...,method=...,seed=...] [--dry-run] [--force]
     hpobench-elbo resume DIR [--force]
     hpobench-elbo status DIR
-    hpobench-elbo report DIR [--out DIR]
+    hpobench-elbo report DIR [--html] [--pdf] [--png] [--log-time] [--out DIR]
     hpobench-elbo list
 
 Bad input prints one line on stderr and exits with code 2.
@@ -48,9 +48,13 @@ def build_parser() -> argparse.ArgumentParser:
     resume.add_argument("--quiet", action="store_true")
     status = sub.add_parser("status", help="cells done, running and remaining, with charged cost")
     status.add_argument("dir")
-    report = sub.add_parser("report", help="plots and tables of a results directory")
+    report = sub.add_parser("report", help="an HTML (and PDF) report of a results directory, from its ledgers")
     report.add_argument("dir")
-    report.add_argument("--out")
+    report.add_argument("--out", help="where to write (default DIR/report)")
+    report.add_argument("--html", action="store_true", help="the self-contained HTML report (the default)")
+    report.add_argument("--pdf", action="store_true", help="the same report as PDF (WeasyPrint)")
+    report.add_argument("--png", action="store_true", help="also the anytime PNG and CSV table per metric")
+    report.add_argument("--log-time", action="store_true", help="log-scaled cost axes")
     sub.add_parser("list", help="tasks (scales, data sizes, search spaces) and methods")
     return parser
 
@@ -88,10 +92,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             counts = {s: sum(r["state"] == s for r in rows) for s in ("done", "running", "remaining")}
             print(", ".join(f"{v} {k}" for k, v in counts.items()))
         elif args.command == "report":
-            from hpobench_elbo.report.basic import write_report
+            from hpobench_elbo.report.html import write_html_report
 
-            files = write_report(args.dir, args.out)
-            for path in (*files.plots, *files.tables):
+            html = args.html or not (args.pdf or args.png)
+            paths = write_html_report(args.dir, args.out, html=html, pdf=args.pdf, log_time=args.log_time) \
+                if (html or args.pdf) else []
+            if args.png:
+                from hpobench_elbo.report.basic import write_report
+
+                files = write_report(args.dir, args.out)
+                paths = [*paths, *files.plots, *files.tables]
+            for path in paths:
                 print(path)
         elif args.command == "list":
             listing = api.list_registered()

@@ -26,18 +26,6 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class TaskEntry(_Strict):
-    name: str
-    scale: str = "smoke"
-    options: dict[str, Any] = Field(default_factory=dict)
-    budget: float | None = Field(default=None, gt=0)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _from_string(cls, value: Any) -> Any:
-        return {"name": value} if isinstance(value, str) else value
-
-
 class MethodEntry(_Strict):
     name: str
     options: dict[str, Any] = Field(default_factory=dict)
@@ -51,6 +39,21 @@ class MethodEntry(_Strict):
     @property
     def display(self) -> str:
         return self.label or self.name
+
+
+class TaskEntry(_Strict):
+    """A task of the suite; ``methods`` (optional) replaces the suite's method list for this task."""
+
+    name: str
+    scale: str = "smoke"
+    options: dict[str, Any] = Field(default_factory=dict)
+    budget: float | None = Field(default=None, gt=0)
+    methods: list[MethodEntry] | None = Field(default=None, min_length=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_string(cls, value: Any) -> Any:
+        return {"name": value} if isinstance(value, str) else value
 
 
 class CountingOptions(_Strict):
@@ -73,37 +76,51 @@ class Suite(_Strict):
     threads: int = Field(default=1, ge=1)
     seeds: list[int] = Field(min_length=1)
     tasks: list[TaskEntry] = Field(min_length=1)
-    methods: list[MethodEntry] = Field(min_length=1)
+    methods: list[MethodEntry] = Field(default_factory=list)
     description: str = ""
+
+    @model_validator(mode="after")
+    def _every_task_has_methods(self) -> Suite:
+        for i, task in enumerate(self.tasks):
+            if task.methods is None and not self.methods:
+                raise ValueError(f"tasks[{i}] ({task.name}) has no methods: list them under the task or at the top")
+        return self
+
+    def pairs(self) -> list[tuple[int, TaskEntry, int, MethodEntry]]:
+        """(task index, task, method index, method) for every pair the suite runs."""
+        return [(i, task, j, method) for i, task in enumerate(self.tasks)
+                for j, method in enumerate(task.methods if task.methods is not None else self.methods)]
 
     @property
     def suite_hash(self) -> str:
         """Hash of everything that defines the results (not where they go or how cells are spread)."""
         body = self.model_dump(exclude={"output", "executor", "description"})
+        for task in body["tasks"]:  # a key added later: absent from the hash when unused
+            if task.get("methods") is None:
+                task.pop("methods", None)
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
 
     def cells(self) -> list[Cell]:
         cells = []
-        for task in self.tasks:
-            for method in self.methods:
-                for seed in self.seeds:
-                    definition = {
-                        "task": task.name, "scale": task.scale, "task_options": task.options,
-                        "method": method.name, "method_options": method.options, "label": method.display,
-                        "seed": seed, "budget": task.budget or self.budget, "clock": self.clock,
-                        "clock_options": self.clock_options.model_dump() if self.clock == "counting" else {},
-                        "refit": self.refit, "cache": self.cache,
-                    }
-                    digest = hashlib.sha256(json.dumps(definition, sort_keys=True).encode()).hexdigest()[:8]
-                    safe = lambda s: "".join(c if c.isalnum() or c in "-_" else "_" for c in s)  # noqa: E731
-                    cells.append(Cell(
-                        cell_id=f"{safe(task.name)}.{task.scale}--{safe(method.display)}--s{seed}--{digest}",
-                        suite=self.name, task=task.name, scale=task.scale, task_options=dict(task.options),
-                        method=method.name, method_options=dict(method.options), seed=seed,
-                        budget=float(task.budget or self.budget), clock=self.clock,
-                        clock_options=definition["clock_options"], refit=self.refit, cache=self.cache,
-                        threads=self.threads, label=method.display,
-                    ))
+        for _, task, _, method in self.pairs():
+            for seed in self.seeds:
+                definition = {
+                    "task": task.name, "scale": task.scale, "task_options": task.options,
+                    "method": method.name, "method_options": method.options, "label": method.display,
+                    "seed": seed, "budget": task.budget or self.budget, "clock": self.clock,
+                    "clock_options": self.clock_options.model_dump() if self.clock == "counting" else {},
+                    "refit": self.refit, "cache": self.cache,
+                }
+                digest = hashlib.sha256(json.dumps(definition, sort_keys=True).encode()).hexdigest()[:8]
+                safe = lambda s: "".join(c if c.isalnum() or c in "-_" else "_" for c in s)  # noqa: E731
+                cells.append(Cell(
+                    cell_id=f"{safe(task.name)}.{task.scale}--{safe(method.display)}--s{seed}--{digest}",
+                    suite=self.name, task=task.name, scale=task.scale, task_options=dict(task.options),
+                    method=method.name, method_options=dict(method.options), seed=seed,
+                    budget=float(task.budget or self.budget), clock=self.clock,
+                    clock_options=definition["clock_options"], refit=self.refit, cache=self.cache,
+                    threads=self.threads, label=method.display,
+                ))
         return cells
 
 
@@ -150,8 +167,13 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str], where: str) -
     return raw
 
 
+def _method_place(suite: Suite, i: int, task: TaskEntry, j: int) -> str:
+    return f"tasks[{i}].methods[{j}]" if task.methods is not None else f"methods[{j}]"
+
+
 def _check_registries(suite: Suite, where: str) -> None:
-    """Names, scales and options that only the registries can judge."""
+    """Names, scales, options and method-task pairs that only the registries can judge."""
+    infos: dict[int, Any] = {}
     for i, task in enumerate(suite.tasks):
         try:
             task_cls = TASKS.get(task.name)
@@ -163,28 +185,29 @@ def _check_registries(suite: Suite, where: str) -> None:
                              f"{task.name!r}; known: {', '.join(scales)}")
         try:
             TASKS.check_options(task.name, scale=task.scale, device="cpu", **task.options)
-            TASKS.create(task.name, scale=task.scale, device="cpu", **task.options)  # cheap: no data loads
+            built = TASKS.create(task.name, scale=task.scale, device="cpu", **task.options)  # cheap: no data loads
+            infos[i] = built.static_info() if hasattr(built, "static_info") else built.info
         except UserError as exc:
             raise SuiteError(f"{where}: tasks[{i}].options: {exc}") from None
         except (TypeError, ValueError) as exc:
             raise SuiteError(f"{where}: tasks[{i}].options: {exc}") from None
-    for j, method in enumerate(suite.methods):
+    for i, task, j, method in suite.pairs():
+        place = _method_place(suite, i, task, j)
         try:
-            METHODS.get(method.name)
+            factory = METHODS.get(method.name)
             METHODS.check_options(method.name, None, 0, **method.options)
         except UserError as exc:
-            raise SuiteError(f"{where}: methods[{j}]: {exc}") from None
-        validate_options = getattr(METHODS.get(method.name), "validate_options", None)
-        if validate_options is None:
-            continue
-        for i, task in enumerate(suite.tasks):
-            space_for = getattr(TASKS.get(task.name), "space_for", None)
-            if space_for is None:
-                continue
+            raise SuiteError(f"{where}: {place}: {exc}") from None
+        reason = getattr(factory, "inapplicable_reason", None)
+        why = reason(infos[i]) if reason is not None else None
+        if why:
+            raise SuiteError(f"{where}: {place}: method {method.name!r} does not apply to task {task.name!r}: {why}")
+        validate_options = getattr(factory, "validate_options", None)
+        if validate_options is not None:
             try:
-                validate_options(space_for(task.scale, **task.options), method.options)
+                validate_options(infos[i].space, method.options)
             except UserError as exc:
-                raise SuiteError(f"{where}: methods[{j}].options: {exc} (task {task.name!r})") from None
+                raise SuiteError(f"{where}: {place}.options: {exc} (task {task.name!r})") from None
 
 
 def load_suite(path: str | Path, overrides: Sequence[str] = ()) -> Suite:

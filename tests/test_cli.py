@@ -91,8 +91,9 @@ def test_status_reports_done_running_remaining(small_run: tuple[Path, Path], tmp
 def test_report_writes_png_and_csv(small_run: tuple[Path, Path], tmp_path: Path,
                                    capsys: pytest.CaptureFixture[str]) -> None:
     report = tmp_path / "report"
-    assert cli.main(["report", str(small_run[1]), "--out", str(report)]) == 0
+    assert cli.main(["report", str(small_run[1]), "--png", "--out", str(report)]) == 0
     printed = [Path(p) for p in capsys.readouterr().out.split()]
+    assert not [p for p in printed if p.suffix == ".html"]  # --png alone writes no HTML
     pngs = [p for p in printed if p.suffix == ".png"]
     csvs = [p for p in printed if p.suffix == ".csv"]
     assert pngs and csvs and all(p.parent == report for p in printed)
@@ -114,3 +115,13 @@ def test_smoke_suite_covers_every_registered_method(capsys: pytest.CaptureFixtur
     assert not missing, f"suites/smoke.yaml lacks registered methods: {sorted(missing)}"
     assert cli.main(["run", str(smoke), "--dry-run"]) == 0
     assert f"{len(suite.cells())} cells" in capsys.readouterr().out
+
+
+def test_report_writes_html_by_default_and_pdf_on_request(small_run: tuple[Path, Path], tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["report", str(small_run[1]), "--out", str(tmp_path / "a")]) == 0
+    assert [Path(p).name for p in capsys.readouterr().out.split()] == ["report.html"]
+    assert cli.main(["report", str(small_run[1]), "--html", "--pdf", "--out", str(tmp_path / "b")]) == 0
+    written = [Path(p) for p in capsys.readouterr().out.split()]
+    assert sorted(p.name for p in written) == ["report.html", "report.pdf"]
+    assert written[-1].read_bytes()[:5] == b"%PDF-" or written[0].read_bytes()[:5] == b"%PDF-"

@@ -86,12 +86,13 @@ def _normal(obj: Any) -> Any:
 
 
 def data_use(validation: str, refit: bool) -> str:
-    """What data a method trains and selects on, in words (written in the ledger header)."""
+    """What data a method trains and selects on, in words (written in the ledger header): its 80/20
+    validation split (and a refit on all N), validation minibatches, or all N with no validation."""
     if validation == "selection":
-        return "80% of N, selected on the 20% validation split" + (", refit on all N" if refit else "")
+        return "validation split + refit" if refit else "validation split"
     if validation == "hypergradient":
-        return "80% of N, validation minibatches in the hypergradient, selected on the validation split"
-    return "all N, no validation data"
+        return "validation minibatches"
+    return "none (all N)"
 
 
 def cell_header(cell: Cell, seeds: Seeds, unit: str, ctx: RunContext) -> dict[str, Any]:

@@ -13,11 +13,17 @@ import pandas as pd  # noqa: E402
 HOURS_UNITS = {"GPU-seconds": "GPU-hours", "device-seconds (CPU)": "device-hours (CPU)"}
 
 
-def x_axis(unit: str) -> tuple[float, str]:
-    """Scale factor and label: seconds become hours; cost units stay as they are."""
+def display_unit(unit: str) -> tuple[float, str]:
+    """Scale factor and display unit: device-seconds become hours; cost units stay as they are."""
     if unit in HOURS_UNITS:
-        return 1 / 3600.0, f"charged {HOURS_UNITS[unit]}"
-    return 1.0, f"charged {unit}"
+        return 1 / 3600.0, HOURS_UNITS[unit]
+    return 1.0, unit
+
+
+def x_axis(unit: str) -> tuple[float, str]:
+    """Scale factor and axis label of charged cost."""
+    scale, shown = display_unit(unit)
+    return scale, f"charged {shown}"
 
 
 def plot_traces(agg: pd.DataFrame, unit: str, metric: str, out: Path, title: str = "") -> Path:

@@ -14,8 +14,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from hpobench_elbo.engine.ledger import read_ledger
+from hpobench_elbo.engine.ledger import LedgerContents, read_ledger
 from hpobench_elbo.errors import UserError
+
+STATUSES = ("ok", "cut", "pruned", "diverged", "failed")  # a trial row's status, in report order
 
 
 def ledger_paths(path: str | Path) -> list[Path]:
@@ -33,40 +35,48 @@ def load_results(path: str | Path) -> pd.DataFrame:
     Columns: ``suite``, ``cell_id``, ``task``, ``scale``, ``method`` (the suite label),
     ``method_name`` (the registry name), ``seed``, ``budget``, ``unit`` (the clock's unit),
     ``device``, ``metric`` and ``direction`` (the task's test metric), ``trial_id``, ``kind``
-    (trial/refit), ``status`` (ok/cut/diverged/failed), ``data`` (split/all), ``tuner``, ``steps``,
-    ``n_train``, ``score`` and ``score_name`` (what the method selects on, lower is better),
-    ``spent`` (cumulative charged cost after the trial), ``cost`` (the trial's charged cost, ask
-    and tell included), ``overshoot``, ``recommendation`` (the trial the method would deploy after
-    this one), ``cache_hits``, ``cost_saved``, ``error``, ``config`` (JSON); and one column per
-    entry: ``cost_<phase>`` (``test`` is recorded, not charged), ``config_<param>``,
+    (trial/refit), ``status`` (ok/cut/pruned/diverged/failed), ``data`` (split/all), ``tuner``,
+    ``steps``, ``n_train``, ``score`` and ``score_name`` (what the method selects on, lower is
+    better), ``spent`` (cumulative charged cost after the trial), ``cost`` (the trial's charged cost,
+    ask and tell included), ``overshoot``, ``recommendation`` (the trial the method would deploy
+    after this one), ``cache_hits``, ``cost_saved``, ``error``, ``config`` (JSON); and one column
+    per entry: ``cost_<phase>`` (``test`` is recorded, not charged), ``config_<param>``,
     ``metric_<name>`` (training/validation metrics) and ``test_<name>`` (test metrics).
     """
     records: list[dict[str, Any]] = []
     for ledger in ledger_paths(path):
-        contents = read_ledger(ledger)
-        h = contents.header
-        cell = h["cell"]
-        for row in contents.rows:
-            record = {
-                "suite": h["suite"], "cell_id": h["cell_id"], "task": cell["task"], "scale": cell["scale"],
-                "method": cell.get("label") or cell["method"], "method_name": cell["method"], "seed": cell["seed"],
-                "budget": cell["budget"], "unit": h["unit"], "device": h["device"],
-                "metric": h.get("metric"), "direction": h.get("direction", "max"),
-                "trial_id": row["trial_id"], "kind": row["kind"], "status": row["status"], "data": row["data"],
-                "tuner": row["tuner"]["name"], "steps": row["steps"], "n_train": row["n_train"],
-                "score": row["score"], "score_name": row["score_name"], "spent": row["spent"],
-                "cost": sum(v for k, v in row["cost"].items() if k != "test"),
-                "overshoot": row["overshoot"], "recommendation": row["recommendation"],
-                "cache_hits": row["cache_hits"], "cost_saved": row["cost_saved"], "error": row["error"],
-                "config": json.dumps(row["config"], sort_keys=True),
-            }
-            record.update({f"cost_{k}": v for k, v in row["cost"].items()})
-            record.update({f"config_{k}": v for k, v in row["config"].items()})
-            record.update({f"metric_{k}": v for k, v in row["metrics"].items()})
-            record.update({f"test_{k}": v for k, v in (row["test"] or {}).items()})
-            records.append(record)
-    frame = pd.DataFrame.from_records(records)
-    return frame
+        records.extend(ledger_records(read_ledger(ledger)))
+    return pd.DataFrame.from_records(records)
+
+
+def ledger_records(contents: LedgerContents) -> list[dict[str, Any]]:
+    """The flat records of one ledger's trial rows (the columns of ``load_results``)."""
+    h = contents.header
+    cell = h["cell"]
+    common = {
+        "suite": h["suite"], "cell_id": h["cell_id"], "task": cell["task"], "scale": cell["scale"],
+        "method": cell.get("label") or cell["method"], "method_name": cell["method"], "seed": cell["seed"],
+        "budget": cell["budget"], "unit": h["unit"], "device": h["device"],
+        "metric": h.get("metric"), "direction": h.get("direction", "max"),
+    }
+    records = []
+    for row in contents.rows:
+        record = {
+            **common,
+            "trial_id": row["trial_id"], "kind": row["kind"], "status": row["status"], "data": row["data"],
+            "tuner": row["tuner"]["name"], "steps": row["steps"], "n_train": row["n_train"],
+            "score": row["score"], "score_name": row["score_name"], "spent": row["spent"],
+            "cost": sum(v for k, v in row["cost"].items() if k != "test"),
+            "overshoot": row["overshoot"], "recommendation": row["recommendation"],
+            "cache_hits": row["cache_hits"], "cost_saved": row["cost_saved"], "error": row["error"],
+            "config": json.dumps(row["config"], sort_keys=True),
+        }
+        record.update({f"cost_{k}": v for k, v in row["cost"].items()})
+        record.update({f"config_{k}": v for k, v in row["config"].items()})
+        record.update({f"metric_{k}": v for k, v in row["metrics"].items()})
+        record.update({f"test_{k}": v for k, v in (row["test"] or {}).items()})
+        records.append(record)
+    return records
 
 
 def export_parquet(path: str | Path, out: str | Path) -> Path:
@@ -76,52 +86,71 @@ def export_parquet(path: str | Path, out: str | Path) -> Path:
     return out
 
 
+TRACE_COLUMNS = ["cell_id", "task", "scale", "method", "seed", "unit", "cost", "recommended", "oracle", "trial_id"]
+
+
 def cell_traces(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """Per cell, one point per completed trial: cost so far, recommended test metric, oracle best."""
+    """Per cell, one point per completed trial: cost so far, recommended test metric, oracle best.
+
+    ``recommended`` is the test value of the trial the method recommends after that trial (NaN
+    when none); ``oracle`` the best test value among the cell's completed trials so far.
+    """
+    if frame.empty:
+        return pd.DataFrame(columns=TRACE_COLUMNS)
+    rows = frame.sort_values(["cell_id", "trial_id"], ignore_index=True)
     column = f"test_{metric}"
-    rows = []
-    for cell_id, group in frame.groupby("cell_id", sort=True):
-        group = group.sort_values("trial_id")
-        tests = dict(zip(group["trial_id"], group[column] if column in group else [np.nan] * len(group)))
-        best = np.nan
-        higher = metric == group["metric"].iloc[0] and group["direction"].iloc[0] == "max" \
-            if "direction" in group else metric == "accuracy"
-        for _, row in group.iterrows():
-            if row["status"] != "ok":
-                continue
-            value = tests.get(row["trial_id"], np.nan)
-            if np.isfinite(value):
-                best = value if not np.isfinite(best) else (max(best, value) if higher else min(best, value))
-            rec = row["recommendation"]
-            rec_value = tests.get(int(rec), np.nan) if rec is not None and not pd.isna(rec) else np.nan
-            rows.append({"cell_id": cell_id, "task": row["task"], "scale": row["scale"], "method": row["method"],
-                         "seed": row["seed"], "unit": row["unit"], "cost": row["spent"],
-                         "recommended": rec_value, "oracle": best, "trial_id": row["trial_id"]})
-    return pd.DataFrame.from_records(rows)
+    values = rows[column].to_numpy(dtype=float) if column in rows else np.full(len(rows), np.nan)
+    cell = rows["cell_id"].astype(str)
+    by_trial = pd.Series(values, index=cell + "#" + rows["trial_id"].astype(str))
+    recommendation = pd.to_numeric(rows["recommendation"], errors="coerce").astype("Int64").astype(str)
+    recommended = by_trial.reindex(cell + "#" + recommendation).to_numpy(dtype=float)
+    ok = (rows["status"] == "ok").to_numpy()
+    higher = ((rows["metric"] == metric) & (rows["direction"] == "max")).to_numpy() \
+        if "direction" in rows else np.full(len(rows), metric == "accuracy")
+    sign = np.where(higher, 1.0, -1.0)
+    scored = pd.Series(np.where(ok & np.isfinite(values), values * sign, -np.inf))
+    best = scored.groupby(cell.to_numpy()).cummax().to_numpy() * sign
+    out = rows.loc[ok, ["cell_id", "task", "scale", "method", "seed", "unit", "spent", "trial_id"]]
+    out = out.rename(columns={"spent": "cost"}).assign(recommended=recommended[ok],
+                                                       oracle=np.where(np.isfinite(best), best, np.nan)[ok])
+    return out[TRACE_COLUMNS].reset_index(drop=True)
 
 
-def aggregate(traces: pd.DataFrame, value: str = "recommended", points: int = 200) -> pd.DataFrame:
-    """Median and inter-quartile band over seeds on a common cost grid (step functions, held forward)."""
-    out = []
+def held_forward(cost: np.ndarray, values: np.ndarray, grid: np.ndarray) -> np.ndarray:
+    """A step function read on ``grid``: the value of the last point at or before each grid cost (NaN before)."""
+    idx = np.searchsorted(cost, grid, side="right") - 1
+    return np.where(idx >= 0, values[np.clip(idx, 0, None)], np.nan)
+
+
+def cost_grid(xmax: float, points: int, log: bool = False, xmin: float | None = None) -> np.ndarray:
+    """The common cost grid of a curve: linear from 0, or geometric from ``xmin`` (> 0) when ``log``."""
+    if log and xmin is not None and 0 < xmin < xmax:
+        return np.geomspace(xmin, xmax, points)
+    return np.linspace(0.0, xmax, points)
+
+
+def aggregate(traces: pd.DataFrame, value: str = "recommended", points: int = 200, log: bool = False) -> pd.DataFrame:
+    """Median and inter-quartile band over seeds on a common cost grid (step functions, held forward).
+
+    With ``log`` the grid is geometric from the first point's cost, for a log-scaled time axis.
+    """
+    parts = []
     for (task, method), group in traces.groupby(["task", "method"], sort=True):
-        xmax = group["cost"].max()
-        grid = np.linspace(0.0, xmax, points)
-        curves = []
-        for _, cell in group.groupby("cell_id"):
-            cell = cell.sort_values("cost")
-            idx = np.searchsorted(cell["cost"].to_numpy(), grid, side="right") - 1
-            vals = np.where(idx >= 0, cell[value].to_numpy()[np.clip(idx, 0, None)], np.nan)
-            curves.append(vals)
-        stack = np.vstack(curves)
-        with np.errstate(all="ignore"):
-            present = np.sum(np.isfinite(stack), axis=0)
-            for x, col, n in zip(grid, stack.T, present):
-                if n == 0:
-                    continue
-                q25, q50, q75 = np.nanpercentile(col, [25, 50, 75])
-                out.append({"task": task, "method": method, "cost": x, "median": q50, "q25": q25, "q75": q75,
-                            "n_seeds": int(n)})
-    return pd.DataFrame.from_records(out)
+        costs = group["cost"].to_numpy(dtype=float)
+        positive = costs[costs > 0]
+        grid = cost_grid(costs.max(), points, log, positive.min() if positive.size else None)
+        stack = np.vstack([held_forward(cell["cost"].to_numpy(dtype=float), cell[value].to_numpy(dtype=float), grid)
+                           for _, cell in group.sort_values("cost").groupby("cell_id")])
+        present = np.isfinite(stack).sum(axis=0)
+        keep = present > 0
+        if not keep.any():
+            continue
+        q25, q50, q75 = np.nanpercentile(stack[:, keep], [25, 50, 75], axis=0)
+        parts.append(pd.DataFrame({"task": task, "method": method, "cost": grid[keep], "median": q50, "q25": q25,
+                                   "q75": q75, "n_seeds": present[keep]}))
+    if not parts:
+        return pd.DataFrame(columns=["task", "method", "cost", "median", "q25", "q75", "n_seeds"])
+    return pd.concat(parts, ignore_index=True)
 
 
 def final_table(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
@@ -143,6 +172,6 @@ def final_table(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
                 f"test_{metric}_q25": float(np.nanpercentile(finals_arr, 25)) if np.isfinite(finals_arr).any() else np.nan,
                 f"test_{metric}_q75": float(np.nanpercentile(finals_arr, 75)) if np.isfinite(finals_arr).any() else np.nan,
                 "cost_median": float(np.median(costs)), "unit": group["unit"].iloc[0],
-                "trials": int(len(group)), **{f"n_{s}": int(statuses.get(s, 0)) for s in ("ok", "cut", "diverged", "failed")},
+                "trials": int(len(group)), **{f"n_{s}": int(statuses.get(s, 0)) for s in STATUSES},
             })
     return pd.DataFrame.from_records(rows)

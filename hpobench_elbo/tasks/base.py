@@ -202,13 +202,18 @@ class SupervisedTask:
         return Recipe(steps=self.scale.steps, batch_size=self.scale.batch_size, clip_norm=self.scale.clip_norm,
                       schedule=self.scale.schedule)  # type: ignore[arg-type]
 
-    @cached_property
-    def info(self) -> TaskInfo:
+    def static_info(self) -> TaskInfo:
+        """``info`` without loading the data (``n_pool`` 0, ``n_classes`` None): what a suite checks
+        when it loads (which methods apply to the task)."""
         return TaskInfo(
             name=self.name, scale=self.scale_name, space=self.space_for(self.scale_name), stages=self.stages(),
-            has_backbone=self.has_backbone, n_pool=self.n_pool, metric=self.objective.metric,
+            has_backbone=self.has_backbone, n_pool=0, metric=self.objective.metric,
             direction="max" if self.objective.metric == "accuracy" else "min",
-            n_classes=self.data.pool.n_classes, description=self.description, recipe=self.recipe)
+            description=self.description, recipe=self.recipe)
+
+    @cached_property
+    def info(self) -> TaskInfo:
+        return dataclasses.replace(self.static_info(), n_pool=self.n_pool, n_classes=self.data.pool.n_classes)
 
     def to_tensor(self, x: np.ndarray) -> torch.Tensor:
         return torch.tensor(x, dtype=torch.float32, device=self.device)

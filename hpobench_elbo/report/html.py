@@ -1,0 +1,237 @@
+"""The HTML report (and its PDF twin) of a results directory, built from the ledgers alone.
+
+``write_html_report`` is the entry point: one self-contained HTML file (figures as SVG data URIs,
+no script, no network) and, on request, the same HTML rendered to PDF by WeasyPrint.
+``build_report`` returns the numbers and figures behind it, for tests and notebooks.
+"""
+
+from __future__ import annotations
+
+import base64
+import importlib
+import inspect
+import json
+import math
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import numpy as np
+import pandas as pd
+
+from hpobench_elbo.report import stats
+from hpobench_elbo.report.data import ReportData, read_report_data
+from hpobench_elbo.report.figures import (Figure, anytime_figure, cd_figure, method_styles, rank_figure,
+                                          trajectory_figures)
+from hpobench_elbo.report.pdf import write_pdf
+from hpobench_elbo.report.plots import display_unit
+
+TEMPLATES = Path(__file__).with_name("templates")
+RULE_HEADING = "The budget rule, written once:"
+
+
+@dataclass(frozen=True)
+class Report:
+    """Everything a report shows: text, tables (frames of raw numbers) and figures."""
+
+    data: ReportData
+    question: str
+    headline: list[str]
+    notes: list[str]
+    figures: dict[str, Figure]
+    trajectories: list[Figure]
+    tables: dict[str, pd.DataFrame]
+    friedman: stats.FriedmanResult
+    reference: str | None
+    provenance: dict[str, Any]
+
+
+def write_html_report(results_dir: str | Path, out_dir: str | Path | None = None, html: bool = True,
+                      pdf: bool = False, log_time: bool = False) -> list[Path]:
+    """Write ``report.html`` and/or ``report.pdf`` for ``results_dir`` into ``out_dir`` (default ``<dir>/report``).
+
+    Raises ``UserError`` when no ledger is readable; damaged parts are listed in the report.
+    Returns the paths written.
+    """
+    report = build_report(results_dir, log_time=log_time)
+    out = Path(out_dir) if out_dir else Path(results_dir) / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    text = render_html(report)
+    written = []
+    if html:
+        path = out / "report.html"
+        path.write_text(text, encoding="utf-8")
+        written.append(path)
+    if pdf:
+        written.append(write_pdf(text, out / "report.pdf"))
+    return written
+
+
+def build_report(results_dir: str | Path, log_time: bool = False) -> Report:
+    """Read the ledgers and compute every table and figure of the report."""
+    data = read_report_data(results_dir)
+    metrics = stats.task_metrics(data)
+    traces = stats.all_traces(data)
+    finals = stats.final_values(data, traces)
+    reference = stats.grid_reference(data.cells)
+    styles = method_styles(sorted(data.cells["method"].unique()))
+    friedman = stats.friedman_nemenyi(finals)
+    rank_curves = stats.mean_rank_curves(finals, traces)
+    tables = {
+        "final": stats.final_table(finals),
+        "time_to_target": stats.time_to_target_table(stats.cell_times_to_target(finals, traces), reference),
+        "status": stats.status_table(data),
+        "paired": stats.paired_against_grid(finals, reference),
+    }
+    figures = {
+        "anytime": anytime_figure(traces, data.cells, metrics, styles, log_time=log_time),
+        "ranks": rank_figure(rank_curves, styles, finals.groupby(["task", "seed"]).ngroups),
+        "cd": cd_figure(friedman, styles),
+        "oracle": anytime_figure(traces, data.cells, metrics, styles, value="oracle", log_time=log_time),
+    }
+    return Report(data, question_text(data.cells), headline(rank_curves, tables["paired"], finals, reference),
+                  [*data.problems, *coverage_notes(data, finals)], figures,
+                  trajectory_figures(data.trajectories, data.cells, styles), tables, friedman, reference,
+                  provenance(data))
+
+
+# --- text -------------------------------------------------------------------------------------------
+
+def question_text(cells: pd.DataFrame) -> str:
+    """The question the report answers, in the unit of its ledgers."""
+    shown = sorted({display_unit(u)[1] for u in cells["unit"]})
+    if len(shown) == 1 and shown[0].endswith(("hours", "hours (CPU)")):
+        return f"For the same {shown[0]}, which method gives the best model?"
+    return f"For the same charged cost ({', '.join(shown)}), which method gives the best model?"
+
+
+def headline(rank_curves: pd.DataFrame, paired: pd.DataFrame, finals: pd.DataFrame, reference: str | None) -> list[str]:
+    """One or two sentences: who ranks first at the full budget, and how it fares against grid search."""
+    if not np.isfinite(finals["final"].to_numpy(float)).any():
+        return ["No method completed a trial yet: there is no model to compare."]
+    at_end = rank_curves[rank_curves["fraction"] == rank_curves["fraction"].max()].dropna(subset=["mean_rank"])
+    best = at_end.sort_values("mean_rank").iloc[0]
+    n_tasks, n_seeds = finals["task"].nunique(), finals["seed"].nunique()
+    lines = [f"Over {n_tasks} task(s) x {n_seeds} seed(s), {best['method']} has the best mean rank at the full "
+             f"budget ({best['mean_rank']:.2f}; 1 = best of {len(at_end)})."]
+    if reference is not None and best["method"] != reference:
+        for _, row in paired[paired["method"] == best["method"]].iterrows():
+            lines.append(f"Against grid search ({reference}) its final test {row['metric']} is better on "
+                         f"{row['wins']} of {row['pairs']} task-seed pairs (median difference "
+                         f"{fmt_signed(row['median_difference'])}).")
+    elif reference is not None:
+        lines.append(f"Grid search ({reference}) itself ranks first.")
+    return lines
+
+
+def coverage_notes(data: ReportData, finals: pd.DataFrame) -> list[str]:
+    """A line per task where no trial finished and per task x method with no model at the budget."""
+    notes = []
+    for task, group in finals.groupby("task", sort=True):
+        if not np.isfinite(group["final"].to_numpy(float)).any():
+            notes.append(f"{task}: no trial finished ok in any cell; the tables count its rows by status")
+            continue
+        for method, cells in group.groupby("method", sort=True):
+            if not np.isfinite(cells["final"].to_numpy(float)).any():
+                notes.append(f"{task} / {method}: no completed trial, so no recommended model (see the status counts)")
+    unfinished = data.cells[data.cells["end_reason"] == "not finished"]
+    if len(unfinished):
+        notes.append(f"{len(unfinished)} cell(s) have no end record (still running or interrupted): "
+                     + ", ".join(unfinished["cell_id"].head(5)) + (" ..." if len(unfinished) > 5 else ""))
+    return notes
+
+
+def provenance(data: ReportData) -> dict[str, Any]:
+    """Suite, hashes, code version, packages, device, clock, recipe and budget rule, from the headers."""
+    headers = list(data.headers.values())
+
+    def values(key: str) -> str:
+        return ", ".join(sorted({str(h.get(key)) for h in headers if h.get(key) is not None})) or "not recorded"
+
+    versions: dict[str, set[str]] = {}
+    for h in headers:
+        for package, version in (h.get("versions") or {}).items():
+            versions.setdefault(package, set()).add(str(version))
+    recipes = {h["cell"]["task"]: h["recipe"] for h in headers if h.get("recipe")}
+    created = sorted(str(h["created"]) for h in headers if h.get("created"))
+    return {
+        "suite": values("suite"), "suite_hash": values("suite_hash"), "git_sha": values("git_sha"),
+        "device": values("device"), "clock": values("clock"), "unit": values("unit"), "threads": values("threads"),
+        "versions": {p: ", ".join(sorted(v)) for p, v in sorted(versions.items())},
+        "recipes": {task: recipe_text(r) for task, r in sorted(recipes.items())},
+        "runs": f"{created[0]} to {created[-1]}" if created else "not recorded",
+        "report_date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "cells": len(data.cells), "rows": len(data.rows), "source": str(data.source),
+        "budget_rule": budget_rule(headers),
+    }
+
+
+def recipe_text(recipe: Any) -> str:
+    if isinstance(recipe, dict):
+        return "; ".join(f"{k}: {json.dumps(v) if not isinstance(v, str) else v}" for k, v in sorted(recipe.items()))
+    return str(recipe)
+
+
+def budget_rule(headers: list[dict[str, Any]]) -> list[str]:
+    """The budget rule: a header's ``budget_rule`` if recorded, else the one text in ``engine/budget.py``."""
+    for h in headers:
+        if h.get("budget_rule"):
+            rule = h["budget_rule"]
+            return list(rule) if isinstance(rule, list) else [str(rule)]
+    try:
+        doc = inspect.getdoc(importlib.import_module("hpobench_elbo.engine.budget")) or ""
+    except ImportError:
+        doc = ""
+    if RULE_HEADING not in doc:
+        return ["See hpobench_elbo/engine/budget.py (the rule was not found in this installation)."]
+    return rule_items(doc.split(RULE_HEADING, 1)[1])
+
+
+def rule_items(text: str) -> list[str]:
+    """Bullets (``* ...``) and paragraphs of an RST docstring section as plain sentences."""
+    items: list[str] = []
+    fresh = True
+    for line in text.replace("``", "").splitlines():
+        stripped = line.strip()
+        if not stripped:
+            fresh = True
+        elif stripped.startswith("* ") or fresh:
+            items.append(stripped.removeprefix("* "))
+            fresh = False
+        else:
+            items[-1] += " " + stripped
+    return items
+
+
+# --- rendering --------------------------------------------------------------------------------------------
+
+def fmt(value: Any, digits: int = 4) -> str:
+    """A number for a table: significant digits, '–' for missing."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "–"
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    return f"{float(value):.{digits}g}"
+
+
+def fmt_signed(value: Any) -> str:
+    return "–" if not np.isfinite(value) else f"{value:+.3g}"
+
+
+def svg_uri(svg: str) -> str:
+    """An SVG as a data URI for ``<img>`` (self-contained; WeasyPrint renders it as vectors)."""
+    return "data:image/svg+xml;base64," + base64.b64encode(svg.encode("utf-8")).decode("ascii")
+
+
+def render_html(report: Report) -> str:
+    """The report as one self-contained HTML page."""
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True,
+                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    env.filters.update(fmt=fmt, signed=fmt_signed, svg_uri=svg_uri)
+    tables = {name: frame.to_dict(orient="records") for name, frame in report.tables.items()}
+    units = {task: display_unit(unit)[1] for task, unit in zip(report.data.cells["task"], report.data.cells["unit"])}
+    return env.get_template("report.html.j2").render(
+        r=report, tables=tables, units=units, f=report.friedman, alpha=stats.ALPHA,
+        target_abs=stats.TARGET_ABSOLUTE, target_rel=stats.TARGET_RELATIVE, statuses=stats.STATUSES)

@@ -1,0 +1,330 @@
+"""The numbers of a report, from the ledgers alone: finals, time-to-target, ranks, tests, counts.
+
+Everything here is plain pandas/numpy/scipy on a ``ReportData``; figures and HTML only format
+these frames. Values are compared in their *oriented* form (higher is better: a loss is negated).
+
+Time-to-target is defined once, here (``target_value`` and ``time_to_target``): the charged
+cost at which a method's recommendation first comes within one accuracy point (0.01 absolute, for
+a metric to maximise) or 1% relative (for a metric to minimise, a loss) of the best final value
+any method reached on that task and seed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from scipy import stats as sps
+
+from hpobench_elbo.report.data import ReportData
+from hpobench_elbo.report.plots import display_unit
+from hpobench_elbo.report.traces import STATUSES, TRACE_COLUMNS, cell_traces, held_forward
+
+TARGET_ABSOLUTE = 0.01  # within one accuracy point, for a metric to maximise
+TARGET_RELATIVE = 0.01  # within 1% relative, for a metric to minimise (a loss)
+ALPHA = 0.05  # significance level of the Friedman and Nemenyi tests
+RANK_FRACTIONS = np.linspace(0.005, 1.0, 200)  # fractions of the budget at which ranks are read
+GRID_METHOD = "grid"  # the registry name of grid search, the reference of paired comparisons
+
+
+# --- the one definition of time-to-target ---------------------------------------------------
+
+def target_value(best_final: float, direction: str) -> float:
+    """The value a recommendation must reach: 0.01 below the best (max metric) or 1% above it (min)."""
+    if direction == "max":
+        return best_final - TARGET_ABSOLUTE
+    return best_final + TARGET_RELATIVE * abs(best_final)
+
+
+def time_to_target(cost: np.ndarray, values: np.ndarray, target: float, direction: str) -> float:
+    """Charged cost of the first trace point whose recommended value reaches ``target`` (NaN: never)."""
+    with np.errstate(invalid="ignore"):
+        hit = values >= target if direction == "max" else values <= target
+    hits = np.flatnonzero(hit)
+    return float(cost[hits[0]]) if hits.size else np.nan
+
+
+# --- traces and finals ------------------------------------------------------------------------
+
+def task_metrics(data: ReportData) -> dict[str, tuple[str, str]]:
+    """Task -> (test metric, direction), from the ledger headers."""
+    first = data.cells.sort_values("cell_id").groupby("task").first()
+    return {task: (row["metric"], row["direction"]) for task, row in first.iterrows()}
+
+
+def all_traces(data: ReportData) -> pd.DataFrame:
+    """The inference and oracle traces of every cell, each task on its own test metric."""
+    parts = []
+    for task, (metric, _) in task_metrics(data).items():
+        rows = data.rows[data.rows["task"] == task] if not data.rows.empty else data.rows
+        if rows.empty:
+            continue
+        traces = cell_traces(rows, metric)
+        if not traces.empty:
+            parts.append(traces)
+    if not parts:
+        return pd.DataFrame(columns=TRACE_COLUMNS)
+    return pd.concat(parts, ignore_index=True)
+
+
+def oriented(values: np.ndarray | pd.Series, direction: str) -> np.ndarray:
+    """Higher is better: a metric to minimise is negated."""
+    array = np.asarray(values, dtype=float)
+    return array if direction == "max" else -array
+
+
+def with_oriented(finals: pd.DataFrame) -> pd.DataFrame:
+    """``finals`` with an ``oriented`` column: the final value, negated where lower is better."""
+    sign = np.where(finals["direction"].to_numpy() == "max", 1.0, -1.0)
+    return finals.assign(oriented=finals["final"].to_numpy(float) * sign)
+
+
+def final_values(data: ReportData, traces: pd.DataFrame) -> pd.DataFrame:
+    """Per cell: the test metric of the model recommended at the end (NaN when no trial completed)."""
+    last = traces.sort_values(["cell_id", "cost"]).groupby("cell_id")["recommended"].last() \
+        if not traces.empty else pd.Series(dtype=float)
+    out = data.cells[["cell_id", "task", "method", "method_name", "seed", "budget", "unit", "metric",
+                      "direction"]].copy()
+    out["final"] = out["cell_id"].map(last).astype(float)
+    return out.sort_values(["task", "method", "seed"], ignore_index=True)
+
+
+def confidence_interval(values: np.ndarray, level: float = 0.95) -> tuple[float, float, float]:
+    """Mean and Student-t interval of the mean (NaN bounds with fewer than two values)."""
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return np.nan, np.nan, np.nan
+    mean = float(values.mean())
+    if values.size < 2:
+        return mean, np.nan, np.nan
+    half = float(sps.t.ppf(0.5 + level / 2, values.size - 1) * values.std(ddof=1) / np.sqrt(values.size))
+    return mean, mean - half, mean + half
+
+
+def final_table(finals: pd.DataFrame) -> pd.DataFrame:
+    """Per task and method: final test metric at the budget, mean and 95% interval over seeds."""
+    rows = []
+    for (task, method), group in finals.groupby(["task", "method"], sort=True):
+        values = group["final"].to_numpy(dtype=float)
+        mean, lo, hi = confidence_interval(values)
+        rows.append({"task": task, "method": method, "metric": group["metric"].iloc[0], "seeds": len(group),
+                     "with_model": int(np.isfinite(values).sum()), "mean": mean, "ci_low": lo, "ci_high": hi})
+    return pd.DataFrame.from_records(rows)
+
+
+# --- time-to-target -----------------------------------------------------------------------------
+
+def grid_reference(cells: pd.DataFrame) -> str | None:
+    """The label of the grid-search method the others are compared with (the first, sorted)."""
+    labels = sorted(cells.loc[cells["method_name"] == GRID_METHOD, "method"].unique())
+    return labels[0] if labels else None
+
+
+def cell_times_to_target(finals: pd.DataFrame, traces: pd.DataFrame) -> pd.DataFrame:
+    """Per cell: the target of its (task, seed) and the charged cost at which it was first reached."""
+    out = with_oriented(finals)
+    best = out.groupby(["task", "seed"])["oriented"].transform("max")
+    out["target"] = [target_value(b if d == "max" else -b, d) for b, d in zip(best, out["direction"])]
+    by_cell = {cid: group.sort_values("cost") for cid, group in traces.groupby("cell_id")} if len(traces) else {}
+    times = []
+    for cell_id, target, direction in zip(out["cell_id"], out["target"], out["direction"]):
+        trace = by_cell.get(cell_id)
+        reached = np.isfinite(target) and trace is not None
+        times.append(time_to_target(trace["cost"].to_numpy(float), trace["recommended"].to_numpy(float),
+                                    target, direction) if reached else np.nan)
+    out["time_to_target"] = times
+    return out
+
+
+def time_to_target_table(cell_times: pd.DataFrame, reference: str | None) -> pd.DataFrame:
+    """Per task and method: median time-to-target over seeds that reached it, and speedup against grid.
+
+    The speedup is the geometric mean over seeds, where both reached the target, of
+    ``time(grid) / time(method)``: above 1 the method got there faster than grid search.
+    """
+    ref_times = cell_times[cell_times["method"] == reference].set_index(["task", "seed"])["time_to_target"] \
+        if reference else pd.Series(dtype=float)
+    rows = []
+    for (task, method), group in cell_times.groupby(["task", "method"], sort=True):
+        times = group["time_to_target"].to_numpy(float)
+        scale, _ = display_unit(group["unit"].iloc[0])
+        ratios = [ref_times.get((task, seed), np.nan) / t for seed, t in zip(group["seed"], times)]
+        ratios = np.array([r for r in ratios if np.isfinite(r) and r > 0])
+        rows.append({"task": task, "method": method, "seeds": len(group),
+                     "reached": int(np.isfinite(times).sum()),
+                     "median_time": float(np.nanmedian(times)) * scale if np.isfinite(times).any() else np.nan,
+                     "speedup": float(np.exp(np.log(ratios).mean())) if ratios.size else np.nan,
+                     "speedup_pairs": int(ratios.size)})
+    return pd.DataFrame.from_records(rows)
+
+
+# --- counts, cache, data use ------------------------------------------------------------------
+
+def derived_data_use(rows: pd.DataFrame) -> str:
+    """What data a method used, from its trial rows (``data`` split/all and ``kind`` refit)."""
+    if rows.empty:
+        return "unknown (no trial recorded)"
+    split = bool((rows["data"] == "split").any())
+    refit = bool((rows["kind"] == "refit").any())
+    if split:
+        return "validation split + refit" if refit else "validation split"
+    return "none (all N)"
+
+
+def status_table(data: ReportData) -> pd.DataFrame:
+    """Per task and method: trials by status, refits, cache hits, cost saved, overshoot, data use."""
+    out = []
+    for (task, method), cells in data.cells.groupby(["task", "method"], sort=True):
+        rows = data.rows[data.rows["cell_id"].isin(cells["cell_id"])] if not data.rows.empty else data.rows
+        scale, _ = display_unit(cells["unit"].iloc[0])
+        header_use = sorted({u for u in cells["data_use"] if isinstance(u, str) and u})
+        statuses = rows["status"].value_counts() if not rows.empty else pd.Series(dtype=int)
+        out.append({
+            "task": task, "method": method, "seeds": len(cells),
+            "trials": int((rows["kind"] == "trial").sum()) if not rows.empty else 0,
+            "refits": int((rows["kind"] == "refit").sum()) if not rows.empty else 0,
+            **{status: int(statuses.get(status, 0)) for status in STATUSES},
+            "cache_hits": int(rows["cache_hits"].sum()) if not rows.empty else 0,
+            "cost_saved": float(rows["cost_saved"].sum()) * scale if not rows.empty else 0.0,
+            "overshoot": float(rows["overshoot"].max()) * scale if not rows.empty else 0.0,
+            "charged": float(cells["spent"].sum()) * scale,
+            "data_use": "; ".join(header_use) if header_use else derived_data_use(rows),
+            "data_use_source": "ledger header" if header_use else "trial rows",
+            "end": ", ".join(sorted(set(cells["end_reason"]))),
+        })
+    return pd.DataFrame.from_records(out)
+
+
+# --- ranks over the budget, Friedman + Nemenyi, paired tests -----------------------------------------
+
+def values_at_fractions(finals: pd.DataFrame, traces: pd.DataFrame, fractions: np.ndarray) -> np.ndarray:
+    """Oriented recommended value of every cell at each fraction of its budget: cells x fractions.
+
+    The last fraction (1.0) includes a recorded overshoot. NaN: no recommendation yet.
+    """
+    by_cell = {cid: group.sort_values("cost") for cid, group in traces.groupby("cell_id")} if len(traces) else {}
+    out = np.full((len(finals), len(fractions)), np.nan)
+    for i, (cell_id, budget, direction) in enumerate(zip(finals["cell_id"], finals["budget"], finals["direction"])):
+        trace = by_cell.get(cell_id)
+        if trace is None:
+            continue
+        grid = fractions * budget
+        grid[fractions >= 1.0] = np.inf
+        out[i] = held_forward(trace["cost"].to_numpy(float), oriented(trace["recommended"], direction), grid)
+    return out
+
+
+def rank_blocks(finals: pd.DataFrame, values: np.ndarray, methods: list[str]) -> np.ndarray:
+    """Ranks (1 = best) per block (task, seed) x method x fraction; NaN where a method has no cell.
+
+    A method without a recommendation yet ranks last (ties share the average rank).
+    """
+    blocks = finals.groupby(["task", "seed"], sort=True).indices
+    column = {m: j for j, m in enumerate(methods)}
+    cube = np.full((len(blocks), len(methods), values.shape[1]), np.nan)
+    present = np.zeros((len(blocks), len(methods)), dtype=bool)
+    for b, index in enumerate(blocks.values()):
+        for i in index:
+            j = column[finals["method"].iloc[i]]
+            cube[b, j] = np.where(np.isnan(values[i]), -np.inf, values[i])
+            present[b, j] = True
+    ranks = sps.rankdata(-np.where(present[:, :, None], cube, np.nan), axis=1, nan_policy="omit")
+    return ranks
+
+
+def mean_rank_curves(finals: pd.DataFrame, traces: pd.DataFrame,
+                     fractions: np.ndarray = RANK_FRACTIONS) -> pd.DataFrame:
+    """Mean rank of each method over tasks x seeds at each fraction of the budget."""
+    methods = sorted(finals["method"].unique())
+    ranks = rank_blocks(finals, values_at_fractions(finals, traces, fractions), methods)
+    with np.errstate(all="ignore"):
+        mean = np.nanmean(ranks, axis=0)
+    return pd.DataFrame({"method": np.repeat(methods, len(fractions)), "fraction": np.tile(fractions, len(methods)),
+                         "mean_rank": mean.ravel()})
+
+
+@dataclass(frozen=True)
+class FriedmanResult:
+    """Friedman test over complete blocks (task x seed) and the Nemenyi critical difference."""
+
+    methods: list[str]
+    mean_ranks: dict[str, float]
+    n_blocks: int
+    statistic: float = np.nan
+    p_value: float = np.nan
+    critical_difference: float = np.nan
+    note: str = ""
+    groups: list[list[str]] = field(default_factory=list)  # maximal sets of methods not significantly apart
+
+
+def friedman_nemenyi(finals: pd.DataFrame) -> FriedmanResult:
+    """Friedman on the final values of complete blocks, then Nemenyi's critical difference (alpha 0.05)."""
+    methods = sorted(finals["method"].unique())
+    blocks = [group.groupby("method")["oriented"].first().reindex(methods).to_numpy(float)
+              for _, group in with_oriented(finals).groupby(["task", "seed"], sort=True)
+              if set(group["method"]) >= set(methods)]  # complete blocks only
+    matrix = np.vstack(blocks) if blocks else np.empty((0, len(methods)))
+    k, n = len(methods), int(matrix.shape[0])
+    matrix = np.where(np.isnan(matrix), -np.inf, matrix)  # no model at the budget ranks last
+    ranks = sps.rankdata(-matrix, axis=1) if n else np.empty((0, k))
+    mean_ranks = dict(zip(methods, ranks.mean(axis=0))) if n else {m: np.nan for m in methods}
+    if k < 3 or n < 2:
+        return FriedmanResult(methods, mean_ranks, n, note=f"not computed: needs at least 3 methods and 2 complete "
+                                                           f"task x seed blocks (have {k} methods, {n} blocks)")
+    statistic, p_value = friedman_statistic(ranks)
+    cd = float(sps.studentized_range.ppf(1 - ALPHA, k, np.inf) / np.sqrt(2) * np.sqrt(k * (k + 1) / (6.0 * n)))
+    return FriedmanResult(methods, mean_ranks, n, statistic, p_value, cd, groups=cliques(mean_ranks, cd))
+
+
+def friedman_statistic(ranks: np.ndarray) -> tuple[float, float]:
+    """Friedman chi-square with the tie correction, from a blocks x methods rank matrix."""
+    n, k = ranks.shape
+    sums = ranks.sum(axis=0)
+    ties = sum(float(np.sum(c ** 3 - c)) for c in (np.unique(row, return_counts=True)[1] for row in ranks))
+    denominator = 1.0 - ties / (n * k * (k * k - 1))
+    if denominator <= 0:
+        return np.nan, np.nan  # every block tied throughout
+    statistic = (12.0 / (n * k * (k + 1)) * float(np.sum(sums ** 2)) - 3.0 * n * (k + 1)) / denominator
+    return float(statistic), float(sps.chi2.sf(statistic, k - 1))
+
+
+def cliques(mean_ranks: dict[str, float], cd: float) -> list[list[str]]:
+    """Maximal runs of methods (by mean rank) whose ranks differ by less than the critical difference."""
+    ordered = sorted(mean_ranks, key=mean_ranks.get)
+    groups: list[list[str]] = []
+    for i, first in enumerate(ordered):
+        run = [m for m in ordered[i:] if mean_ranks[m] - mean_ranks[first] < cd]
+        if len(run) > 1 and not any(set(run) <= set(g) for g in groups):
+            groups.append(run)
+    return groups
+
+
+def paired_against_grid(finals: pd.DataFrame, reference: str | None) -> pd.DataFrame:
+    """Each method against grid search on the same (task, seed): Wilcoxon signed-rank on final values.
+
+    Differences are oriented (positive: the method's model is better) in the task's metric units;
+    pairs where either side has no model at the budget are left out. One row per method and metric.
+    """
+    columns = ["method", "reference", "metric", "pairs", "wins", "ties", "losses", "median_difference", "p_value"]
+    if reference is None:
+        return pd.DataFrame(columns=columns)
+    table = with_oriented(finals)
+    ref = table[table["method"] == reference].set_index(["task", "seed"])["oriented"]
+    rows = []
+    for (method, metric), group in table[table["method"] != reference].groupby(["method", "metric"], sort=True):
+        pairs = [(o, ref.get((t, s), np.nan)) for t, s, o in zip(group["task"], group["seed"], group["oriented"])]
+        diffs = np.array([a - b for a, b in pairs if np.isfinite(a) and np.isfinite(b)])
+        rows.append({"method": method, "reference": reference, "metric": metric, "pairs": int(diffs.size),
+                     "wins": int((diffs > 0).sum()), "ties": int((diffs == 0).sum()),
+                     "losses": int((diffs < 0).sum()),
+                     "median_difference": float(np.median(diffs)) if diffs.size else np.nan,
+                     "p_value": wilcoxon_p(diffs)})
+    return pd.DataFrame.from_records(rows, columns=columns)
+
+
+def wilcoxon_p(diffs: np.ndarray) -> float:
+    """Two-sided Wilcoxon signed-rank p-value (zero differences split); NaN when it is undefined."""
+    if diffs.size == 0 or not np.any(diffs != 0):
+        return np.nan
+    return float(sps.wilcoxon(diffs, zero_method="zsplit").pvalue)

@@ -1,0 +1,269 @@
+"""The HTML/PDF report: its numbers against the ledgers, its figures' data, and the rendered files.
+
+One small real run (digits-mlp smoke, CountingClock, random + grid + de-elbo, two seeds) is shared
+by the tests. Rendering checks use headless Chromium and poppler (``pdftoppm``, ``pdftotext``):
+they skip when those are missing, and fail instead under ``CI=true``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from conftest import write_suite
+from hpobench_elbo.errors import UserError
+from hpobench_elbo.report.html import Report, build_report, fmt, write_html_report
+from hpobench_elbo.report.traces import load_results
+
+REPORT_SUITE = {
+    "name": "report-small",
+    "clock": "counting",
+    "clock_options": {"per_example": 0.001, "per_event": 0.001, "cache_read": 0.01},
+    "budget": 8.0,
+    "refit": True,
+    "threads": 1,
+    "seeds": [0, 1],
+    "tasks": [{"name": "digits-mlp", "scale": "smoke"}],
+    "methods": ["random", "grid", "de-elbo"],
+}
+METHODS = ["de-elbo", "grid", "random"]
+
+
+def require_tool(name: str) -> str:
+    """The path of a command-line tool; skip without it, or fail under CI=true."""
+    path = shutil.which(name)
+    if path is None:
+        message = f"{name} not installed (Debian: apt-get install -y chromium poppler-utils)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+@pytest.fixture(scope="session")
+def report_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished run of ``REPORT_SUITE`` (read-only; copy it before changing anything)."""
+    from hpobench_elbo import api
+
+    root = tmp_path_factory.mktemp("report_run")
+    api.run(write_suite(root / "suite.yaml", REPORT_SUITE), out=root / "results", device="cpu", progress=False)
+    return root / "results"
+
+
+@pytest.fixture(scope="session")
+def report(report_run: Path) -> Report:
+    return build_report(report_run)
+
+
+@pytest.fixture(scope="session")
+def written(report_run: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    out = tmp_path_factory.mktemp("report_out")
+    paths = write_html_report(report_run, out, html=True, pdf=True)
+    return {p.suffix: p for p in paths}
+
+
+def copy_run(report_run: Path, tmp_path: Path) -> Path:
+    target = tmp_path / "results"
+    shutil.copytree(report_run, target)
+    return target
+
+
+# --- numbers against load_results ------------------------------------------------------------------
+
+def expected_finals(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per cell, from load_results alone: the test accuracy of the trial recommended after the last ok row."""
+    out = []
+    for cell_id, rows in frame.groupby("cell_id"):
+        ok = rows[rows["status"] == "ok"].sort_values("trial_id")
+        tests = dict(zip(rows["trial_id"], rows["test_accuracy"]))
+        final = tests[int(ok["recommendation"].iloc[-1])] if len(ok) else np.nan
+        out.append({"cell_id": cell_id, "method": rows["method"].iloc[0], "seed": rows["seed"].iloc[0],
+                    "final": final})
+    return pd.DataFrame(out)
+
+
+def test_final_table_equals_load_results(report_run: Path, report: Report) -> None:
+    finals = expected_finals(load_results(report_run))
+    table = report.tables["final"].set_index("method")
+    assert sorted(table.index) == METHODS
+    for method, group in finals.groupby("method"):
+        values = group["final"].to_numpy(float)
+        assert table.loc[method, "mean"] == pytest.approx(values.mean())
+        half = table.loc[method, "ci_high"] - table.loc[method, "mean"]
+        assert half == pytest.approx(12.7062 * values.std(ddof=1) / np.sqrt(2), rel=1e-4)  # t(0.975, 1 df)
+
+
+def test_status_and_cache_tables_equal_load_results(report_run: Path, report: Report) -> None:
+    frame = load_results(report_run)
+    table = report.tables["status"].set_index("method")
+    for method, rows in frame.groupby("method"):
+        counts = rows["status"].value_counts()
+        for status in ("ok", "cut", "pruned", "diverged", "failed"):
+            assert table.loc[method, status] == counts.get(status, 0)
+        assert table.loc[method, "trials"] == (rows["kind"] == "trial").sum()
+        assert table.loc[method, "refits"] == (rows["kind"] == "refit").sum()
+        assert table.loc[method, "cache_hits"] == rows["cache_hits"].sum()
+        assert table.loc[method, "cost_saved"] == pytest.approx(rows["cost_saved"].sum())
+    assert table.loc["grid", "data_use"] == "validation split + refit"
+    assert table.loc["de-elbo", "data_use"] == "none (all N)"
+
+
+def test_time_to_target_follows_its_definition(report_run: Path, report: Report) -> None:
+    frame = load_results(report_run)
+    finals = expected_finals(frame)
+    times: dict[tuple[str, int], float] = {}
+    for (method, seed), rows in frame.groupby(["method", "seed"]):
+        target = finals.loc[finals["seed"] == seed, "final"].max() - 0.01  # one accuracy point
+        tests = dict(zip(rows["trial_id"], rows["test_accuracy"]))
+        ok = rows[rows["status"] == "ok"].sort_values("trial_id")
+        hits = [spent for spent, rec in zip(ok["spent"], ok["recommendation"]) if tests[int(rec)] >= target]
+        times[(method, seed)] = hits[0] if hits else np.nan
+    table = report.tables["time_to_target"].set_index("method")
+    for method in METHODS:
+        mine = np.array([times[(method, s)] for s in (0, 1)])
+        assert table.loc[method, "reached"] == np.isfinite(mine).sum()
+        if np.isfinite(mine).any():
+            assert table.loc[method, "median_time"] == pytest.approx(np.nanmedian(mine))
+    if np.isfinite([times[("grid", s)] for s in (0, 1)]).any():
+        assert table.loc["grid", "speedup"] == pytest.approx(1.0)
+
+
+# --- figures: one line per method, data and SVG --------------------------------------------------------
+
+def test_curve_figures_have_one_line_per_method(report: Report) -> None:
+    for key in ("anytime", "oracle"):
+        figure = report.figures[key]
+        assert sorted(figure.data["digits-mlp"]) == METHODS
+        ids = re.findall(r'<g id="digits-mlp--([^"]+)"', figure.svg)
+        assert sorted(ids) == METHODS
+    ranks = report.figures["ranks"]
+    assert sorted(ranks.data["ranks"]) == METHODS
+    assert sorted(re.findall(r'<g id="ranks--([^"]+)"', ranks.svg)) == METHODS
+    assert sorted(report.figures["cd"].data["cd"]) == METHODS
+
+
+def test_anytime_curve_ends_at_the_final_value_of_a_single_seed_median(report: Report) -> None:
+    finals = report.tables["final"].set_index("method")
+    for method, points in report.figures["anytime"].data["digits-mlp"].items():
+        assert len(points["x"]) > 0
+        lo, hi = finals.loc[method, "ci_low"], finals.loc[method, "ci_high"]
+        assert lo - 1e-9 <= points["y"][-1] <= hi + 1e-9  # the median of two seeds is their mean
+
+
+def test_trajectories_only_for_methods_that_learn_hyperparameters(report: Report) -> None:
+    (figure,) = report.trajectories
+    assert {"sigma", "tau"} <= set(figure.data)
+    for param, lines in figure.data.items():
+        assert list(lines) == ["de-elbo"], param
+
+
+def test_axes_name_the_unit_and_captions_exist(report: Report) -> None:
+    assert "charged cost units" in report.figures["anytime"].svg
+    assert report.question.startswith("For the same charged cost (cost units)")
+    for figure in [*report.figures.values(), *report.trajectories]:
+        assert len(figure.caption.split(". ")) >= 2, figure.key
+
+
+# --- rendered files ----------------------------------------------------------------------------------------
+
+def test_html_is_self_contained(written: dict[str, Path]) -> None:
+    text = written[".html"].read_text()
+    assert "<script" not in text.lower()
+    assert not re.search(r'(src|href)="(https?:)?//', text)
+    assert text.count('src="data:image/svg+xml;base64,') >= 5
+    assert "For the same charged cost" in text.split("</h1>", 1)[1][:300]
+
+
+def test_html_renders_in_headless_chromium(written: dict[str, Path], tmp_path: Path) -> None:
+    chromium = require_tool("chromium")
+    shot = tmp_path / "shot.png"
+    subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                    f"--screenshot={shot}", "--window-size=1200,3000", written[".html"].as_uri()],
+                   check=True, capture_output=True, timeout=60)
+    pixels = np.asarray(Image.open(shot).convert("RGB")).astype(int)
+    assert (pixels.min(axis=2) < 200).mean() > 0.02  # not blank
+    blue = np.abs(pixels - np.array([0x00, 0x72, 0xB2])).sum(axis=2) < 40  # the first method's colour
+    assert blue.sum() > 50  # the SVG figures were drawn
+
+
+def test_pdf_renders_and_holds_the_tables(written: dict[str, Path], report: Report, tmp_path: Path) -> None:
+    pdftoppm, pdftotext = require_tool("pdftoppm"), require_tool("pdftotext")
+    subprocess.run([pdftoppm, "-png", "-r", "40", "-f", "1", "-l", "2", str(written[".pdf"]), str(tmp_path / "p")],
+                   check=True, timeout=60)
+    assert len(list(tmp_path.glob("p-*.png"))) == 2
+    text = subprocess.run([pdftotext, "-layout", str(written[".pdf"]), "-"], check=True, capture_output=True,
+                          text=True, timeout=60).stdout
+    for row in report.tables["final"].itertuples():
+        assert re.search(rf"{row.method}\s+accuracy\s+2\s+2\s+{re.escape(fmt(row.mean))}", text), row.method
+    assert "Time to target" in text and "Provenance" in text and "Budget rule" in text
+
+
+# --- bad input ---------------------------------------------------------------------------------------------
+
+def test_empty_directory_is_a_user_error(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="no ledgers"):
+        write_html_report(tmp_path)
+
+
+def test_nothing_readable_is_a_user_error(tmp_path: Path) -> None:
+    (tmp_path / "a.jsonl").write_text('{"type": "trial"}\nnot json\n{"type": "trial"}\n')
+    with pytest.raises(UserError, match="no readable ledger"):
+        write_html_report(tmp_path)
+
+
+def test_torn_and_damaged_ledgers_are_reported_not_fatal(report_run: Path, tmp_path: Path) -> None:
+    results = copy_run(report_run, tmp_path)
+    ledgers = sorted(results.glob("*.jsonl"))
+    with open(ledgers[0], "a") as fh:
+        fh.write('{"type": "trial", "trial_id": 9')  # a crash mid-write
+    damaged = ledgers[1].read_text().splitlines()
+    ledgers[1].write_text("\n".join([damaged[0], "garbage", *damaged[1:]]) + "\n")
+    (html,) = write_html_report(results, tmp_path / "out")
+    text = html.read_text()
+    assert f"{ledgers[0].name}: torn last line ignored" in text
+    assert f"{ledgers[1].name}: skipped" in text
+    assert ledgers[0].read_text().endswith('"trial_id": 9')  # a reader changes no file
+
+
+def test_task_where_no_trial_finished_still_appears(report_run: Path, tmp_path: Path) -> None:
+    results = copy_run(report_run, tmp_path)
+    source = next(results.glob("*grid--s0*.jsonl"))
+    records = [json.loads(line) for line in source.read_text().splitlines()]
+    header = {**records[0], "cell_id": "other.smoke--grid--s0--x", "data_use": "validation split"}
+    header["cell"] = {**header["cell"], "task": "other"}
+    failed = [{**r, "status": "failed", "test": None, "recommendation": None}
+              for r in records[1:] if r["type"] == "trial"]
+    (results / "other.smoke--grid--s0--x.jsonl").write_text(
+        "".join(json.dumps(r) + "\n" for r in [header, *failed]))
+    report = build_report(results)
+    status = report.tables["status"].set_index(["task", "method"])
+    assert status.loc[("other", "grid"), "failed"] == len(failed)
+    assert status.loc[("other", "grid"), "data_use"] == "validation split"  # the header wins
+    assert status.loc[("other", "grid"), "data_use_source"] == "ledger header"
+    assert any(note.startswith("other: no trial finished") for note in report.notes)
+    assert "other" in report.figures["anytime"].data and "grid" in report.figures["anytime"].data["other"]
+    assert report.figures["anytime"].data["other"]["grid"]["x"] == []
+
+
+def test_log_time_axis(report_run: Path) -> None:
+    figure = build_report(report_run, log_time=True).figures["anytime"]
+    assert "charged cost units (log scale)" in figure.svg
+    assert all(min(points["x"]) > 0 for points in figure.data["digits-mlp"].values())
+
+
+def test_ledgers_with_headers_only(report_run: Path, tmp_path: Path) -> None:
+    for ledger in report_run.glob("*.jsonl"):
+        (tmp_path / ledger.name).write_text(ledger.read_text().splitlines()[0] + "\n")  # crashed after the header
+    report = build_report(tmp_path)
+    assert report.headline == ["No method completed a trial yet: there is no model to compare."]
+    assert sorted(report.tables["status"]["method"]) == METHODS
+    assert (report.tables["status"]["trials"] == 0).all()
