@@ -171,6 +171,7 @@ class TrialResult:
     overshoot: float = 0.0
     n_train: int = 0
     error: str | None = None
+    stage_costs: Mapping[str, float] = field(default_factory=dict)
     artifact: Any = field(default=None, compare=False, repr=False)
 
     @property
@@ -212,6 +213,7 @@ class TrialResult:
             "overshoot": float(self.overshoot),
             "n_train": self.n_train,
             "error": self.error,
+            "stage_costs": {k: float(v) for k, v in self.stage_costs.items()},
         }
 
     @classmethod
@@ -237,6 +239,7 @@ class TrialResult:
             overshoot=float(obj.get("overshoot", 0.0)),
             n_train=int(obj.get("n_train", 0)),
             error=obj.get("error"),
+            stage_costs={k: float(v) for k, v in (obj.get("stage_costs") or {}).items()},
         )
 
 

@@ -110,7 +110,7 @@ def test_smoke_suite_covers_every_registered_method(capsys: pytest.CaptureFixtur
     smoke = REPO / "suites" / "smoke.yaml"
     suite = load_suite(smoke)
     assert suite.clock == "counting" and {t.scale for t in suite.tasks} == {"smoke"}
-    in_suite = {m.name for m in suite.methods}
+    in_suite = {m.name for _, _, _, m in suite.pairs()}
     missing = set(METHODS.names()) - in_suite
     assert not missing, f"suites/smoke.yaml lacks registered methods: {sorted(missing)}"
     assert cli.main(["run", str(smoke), "--dry-run"]) == 0

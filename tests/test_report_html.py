@@ -19,22 +19,12 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from conftest import write_suite
+from conftest import SMALL_SUITE, write_suite
 from hpobench_elbo.errors import UserError
 from hpobench_elbo.report.html import Report, build_report, fmt, write_html_report
 from hpobench_elbo.report.traces import load_results
 
-REPORT_SUITE = {
-    "name": "report-small",
-    "clock": "counting",
-    "clock_options": {"per_example": 0.001, "per_event": 0.001, "cache_read": 0.01},
-    "budget": 8.0,
-    "refit": True,
-    "threads": 1,
-    "seeds": [0, 1],
-    "tasks": [{"name": "digits-mlp", "scale": "smoke"}],
-    "methods": ["random", "grid", "de-elbo"],
-}
+REPORT_SUITE = {**SMALL_SUITE, "name": "report-small", "budget": 8.0, "methods": ["random", "grid", "de-elbo"]}
 METHODS = ["de-elbo", "grid", "random"]
 
 

@@ -1,6 +1,6 @@
 """The ledger: an append-only JSONL journal per cell, the single source of truth for results.
 
-This docstring is the one place the schema is documented. Current version: 2. One JSON object
+This docstring is the one place the schema is documented. Current version: 3. One JSON object
 per line:
 
 * line 1, ``{"type": "header", ...}``: ``schema``, ``suite``, ``suite_hash``, ``cell`` (task,
@@ -14,7 +14,8 @@ per line:
   ``TrialResult`` fields (``trial_id``, ``kind``, ``config``, ``tuner``, ``data``, ``status``,
   ``cost`` per phase, ``steps``, ``planned_steps``, ``score``, ``score_name``, ``metrics``,
   ``test``, ``trajectory``, ``cache_hits``, ``cache_misses``, ``cost_saved``, ``cache_keys``,
-  ``overshoot``, ``n_train``, ``error``), plus ``recommendation`` (the trial the method would deploy
+  ``overshoot``, ``n_train``, ``error``; since version 3 ``stage_costs``: the true cost of each
+  pipeline stage the trial computed or read, in order), plus ``recommendation`` (the trial the method would deploy
   after this one), ``spent`` (cumulative charged cost), ``meter`` (cumulative cost per phase, so a
   resume restores the meter exactly), ``unit`` and ``time`` (ISO timestamp, informative). A refit
   row also carries ``stop_reason``.
@@ -25,6 +26,7 @@ Versions: each change bumps :data:`SCHEMA_VERSION`; new fields are optional and 
 brings every older version to the current one on read, so committed ledgers stay readable.
 
 * 1 -> 2: the header gains ``recipe``, ``validation`` and ``data_use`` (read as null / "unknown").
+* 2 -> 3: trial rows gain ``stage_costs`` (read as ``{}``: older rows tell no prefix).
 
 A torn last line (a crash mid-write) is moved to ``<file>.torn`` with a warning and the run goes
 on; damage before the last line stops with a ``LedgerError`` naming the file and line.
@@ -44,18 +46,24 @@ from typing import Any
 from hpobench_elbo.engine.faults import fault_point
 from hpobench_elbo.errors import LedgerError
 
-SCHEMA_VERSION = 2
-KNOWN_VERSIONS = (1, 2)
+SCHEMA_VERSION = 3
+KNOWN_VERSIONS = (1, 2, 3)
 
 
 def migrate(header: dict[str, Any]) -> dict[str, Any]:
-    """The header of any known schema version, in the current version's shape (rows need no change
-    up to version 2)."""
+    """The header of any known schema version, in the current version's shape (rows are migrated
+    by :func:`migrate_row`)."""
     out = dict(header)
     if out.get("schema") == 1:
         out.update({"recipe": None, "validation": "unknown", "data_use": "unknown"})
-        out["schema_read_as"] = SCHEMA_VERSION
     return out
+
+
+def migrate_row(row: dict[str, Any]) -> dict[str, Any]:
+    """A trial row of any known schema version in the current version's shape."""
+    if row.get("type") == "trial" and "stage_costs" not in row:
+        return {**row, "stage_costs": {}}
+    return row
 
 
 @dataclass(frozen=True)
@@ -100,7 +108,8 @@ def _parse(path: Path, text: str) -> LedgerContents:
                           f"{', '.join(map(str, KNOWN_VERSIONS))}")
     header = migrate(header)
     ends = [r for r in rows if r.get("type") == "end"]
-    return LedgerContents(header, [r for r in rows if r.get("type") == "trial"], torn, ends[-1] if ends else None)
+    return LedgerContents(header, [migrate_row(r) for r in rows if r.get("type") == "trial"], torn,
+                          ends[-1] if ends else None)
 
 
 def read_ledger(path: str | Path) -> LedgerContents:

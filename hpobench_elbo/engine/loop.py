@@ -24,7 +24,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hpobench_elbo.contracts import AskContext, Cell, Method, Task, TaskInfo, TrialContext, TrialResult, TrialSpec, Tuner, TunerSpec
+from hpobench_elbo.contracts import (
+    AskContext,
+    Cell,
+    Method,
+    PaidPrefix,
+    Task,
+    TaskInfo,
+    TrialContext,
+    TrialResult,
+    TrialSpec,
+    Tuner,
+    TunerSpec,
+)
 from hpobench_elbo.engine.budget import BudgetExhausted, BudgetMeter
 from hpobench_elbo.engine.cache import CacheView, StageCache
 from hpobench_elbo.engine.clock import make_clock
@@ -32,6 +44,7 @@ from hpobench_elbo.engine.faults import fault_point
 from hpobench_elbo.engine.ledger import Ledger
 from hpobench_elbo.engine.seeds import Seeds
 from hpobench_elbo.errors import LedgerError
+from hpobench_elbo.space import canonical
 
 EXEC_LOG_ENV = "HPOBENCH_ELBO_EXEC_LOG"
 """If set, a file to which every trial execution appends ``<cell-id> <trial-id>`` before it starts
@@ -83,6 +96,24 @@ def _versions() -> dict[str, str]:
 def _normal(obj: Any) -> Any:
     """What a value looks like after a JSON round trip (for replay comparison)."""
     return json.loads(json.dumps(obj, sort_keys=True))
+
+
+def paid_prefixes(info: TaskInfo, results: list[TrialResult]) -> tuple[PaidPrefix, ...]:
+    """Every stage prefix (stages 1..k of ``info.stages``) the cell's trials computed, whatever
+    their status, in trial order, each once: from the ledger's rows, so replay gives the same."""
+    names = [stage.name for stage in info.stages]
+    seen: dict[str, PaidPrefix] = {}
+    for result in results:
+        ran = list(result.stage_costs)
+        for k in range(1, len(ran) + 1):
+            if ran[:k] != names[:k]:
+                break
+            params = [p for stage in info.stages[:k] for p in stage.params]
+            values = canonical({p: result.spec.config[p] for p in params if p in result.spec.config})
+            key = json.dumps([names[:k], values], sort_keys=True)
+            if key not in seen:
+                seen[key] = PaidPrefix(tuple(names[:k]), values, tuple(result.stage_costs[n] for n in names[:k]))
+    return tuple(seen.values())
 
 
 def data_use(validation: str, refit: bool) -> str:
@@ -147,7 +178,9 @@ class CellRunner:
     # -- helpers ----------------------------------------------------------------------------
     def _ask_context(self) -> AskContext:
         return AskContext(remaining=self.meter.remaining, budget=self.meter.budget, spent=self.meter.spent,
-                          n_completed=sum(r.status == "ok" for r in self.results.values()))
+                          n_completed=sum(r.status == "ok" for r in self.results.values()),
+                          paid_prefixes=paid_prefixes(self.info, [self.results[t] for t in sorted(self.results)]),
+                          read_price=self.meter.read_price)
 
     def _update_reserve(self) -> None:
         """Hold back the estimated refit cost of the current recommendation (trial cost x N / n_train)."""

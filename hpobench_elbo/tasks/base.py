@@ -250,7 +250,8 @@ class SupervisedTask:
             result = TrialResult(spec=spec, status="failed", cost={}, steps=len(trial.stage_runs),
                                  error=f"{type(exc).__name__}: {exc}"[:500])
         if trial.stage_runs:
-            result = dataclasses.replace(result, metrics={**result.metrics, **stage_metrics(trial.stage_runs)})
+            result = dataclasses.replace(result, metrics={**result.metrics, **stage_metrics(trial.stage_runs)},
+                                         stage_costs={run.stage: run.true_cost for run in trial.stage_runs})
         return result
 
     def test(self, result: TrialResult) -> dict[str, float]:

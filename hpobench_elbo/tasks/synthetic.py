@@ -206,6 +206,7 @@ class SyntheticPipeline:
         metrics["cost_true_total"] = float(sum(costs))
         output: torch.Tensor | None = None
         memoised, leading, done = 0, True, 0
+        paid: dict[str, float] = {}
         try:
             for k, stage in enumerate(STAGES):
                 upstream = {n: config[n] for s in STAGES[:k + 1] for n in s.params}
@@ -213,6 +214,7 @@ class SyntheticPipeline:
                                     params=upstream, simulated_cost=costs[k],
                                     compute=lambda k=k, prev=output: self._compute(k, prev, config))
                 output = run.output
+                paid[stage.name] = run.true_cost
                 if leading and run.hit:
                     memoised += 1
                 else:
@@ -221,7 +223,7 @@ class SyntheticPipeline:
         except BudgetExhausted:
             metrics["n_memoised"] = float(memoised)
             return TrialResult(spec=spec, status="cut", cost={}, steps=done, planned_steps=len(STAGES),
-                               metrics=metrics)
+                               metrics=metrics, stage_costs=paid)
         assert output is not None and output.numel() == len(STAGES)
         values = [float(v) for v in output]
         objective = -float(sum(values))
@@ -229,7 +231,8 @@ class SyntheticPipeline:
         metrics["objective"] = objective
         metrics["n_memoised"] = float(memoised)
         return TrialResult(spec=spec, status="ok", cost={}, steps=len(STAGES), planned_steps=len(STAGES),
-                           score=-objective, score_name="negated objective", metrics=metrics, n_train=0)
+                           score=-objective, score_name="negated objective", metrics=metrics, n_train=0,
+                           stage_costs=paid)
 
     def test(self, result: TrialResult) -> dict[str, float]:
         """The noise-free objective of the trial's configuration (deterministic, uncharged)."""

