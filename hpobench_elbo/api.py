@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
+from datetime import datetime, timezone
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,10 +17,12 @@ from hpobench_elbo.engine.ledger import read_ledger
 from hpobench_elbo.contracts import Cell
 from hpobench_elbo.engine.loop import CellSummary, RunContext
 from hpobench_elbo.registry import METHODS, TASKS
-from hpobench_elbo.errors import LedgerError, UserError
+from hpobench_elbo.engine.lock import ResultsLock, writer_active
+from hpobench_elbo.errors import EnvironmentFailure, LedgerError, UserError
 from hpobench_elbo.suite import Suite, load_suite, suite_from_mapping
 
 SUITE_COPY = "suite.yaml"
+RUN_META = "suite-hash.json"
 
 
 def resolve_device(device: str = "auto") -> str:
@@ -60,39 +64,73 @@ class Plan:
     suite: Suite
     cells: list[Cell]
     out_dir: Path
+    only: str | None = None
 
 
 def plan(suite_path: str | Path, out: str | Path | None = None, overrides: Sequence[str] = (),
          only: str | None = None) -> Plan:
     suite = load_suite(suite_path, overrides)
     out_dir = Path(out or suite.output or f"results/{suite.name}")
-    return Plan(suite, select_cells(suite.cells(), only), out_dir)
+    return Plan(suite, select_cells(suite.cells(), only), out_dir, only)
 
 
-def _store_suite(suite: Suite, out_dir: Path, force: bool) -> None:
+def _write_text(path: Path, text: str) -> None:
+    """Write a small file atomically (a temporary file renamed into place)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _move_aside(suite: Suite, out_dir: Path) -> Path | None:
+    """Ledgers of cells no longer in the suite go to ``DIR/aside-<time>/`` (kept, never deleted)."""
+    current = {c.cell_id for c in suite.cells()}
+    stale = [p for p in out_dir.glob("*.jsonl") if p.stem not in current]
+    if not stale:
+        return None
+    aside = out_dir / f"aside-{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%S.%f')}"
+    aside.mkdir()
+    for path in stale:
+        for extra in (path, path.with_name(path.name + ".torn")):
+            if extra.exists():
+                os.replace(extra, aside / extra.name)
+    return aside
+
+
+def _store_suite(p: Plan, force: bool) -> None:
+    """Keep the suite beside its results (``suite.yaml``) with its hash and the ``--only`` selection
+    the run was started with (``run.json``); a changed suite is refused unless ``force``, and then
+    the cells it no longer has are moved aside."""
+    out_dir, suite = p.out_dir, p.suite
     out_dir.mkdir(parents=True, exist_ok=True)
-    copy = out_dir / SUITE_COPY
-    meta = out_dir / "suite-hash.json"
-    if meta.exists():
-        old = json.loads(meta.read_text()).get("suite_hash")
-        if old != suite.suite_hash and not force:
+    meta = out_dir / RUN_META
+    old = json.loads(meta.read_text()) if meta.exists() else {}
+    if old and old.get("suite_hash") != suite.suite_hash:
+        if not force:
             raise LedgerError(f"{out_dir}: holds results of a different version of suite {suite.name!r} "
-                              f"({old} != {suite.suite_hash}); use another --out, or --force to continue anyway")
-    copy.write_text(yaml.safe_dump(suite.model_dump(mode="json"), sort_keys=False))
-    meta.write_text(json.dumps({"suite_hash": suite.suite_hash, "name": suite.name}))
+                              f"({old.get('suite_hash')} != {suite.suite_hash}); use another --out, or --force "
+                              "to continue anyway (cells no longer in the suite are then moved aside)")
+        aside = _move_aside(suite, out_dir)
+        if aside is not None:
+            print(f"hpobench-elbo: cells no longer in the suite moved to {aside}", file=sys.stderr)
+    _write_text(out_dir / SUITE_COPY, yaml.safe_dump(suite.model_dump(mode="json"), sort_keys=False))
+    _write_text(meta, json.dumps({"suite_hash": suite.suite_hash, "name": suite.name, "only": p.only}))
 
 
 def execute(p: Plan, device: str = "auto", force: bool = False, progress: bool = True) -> list[CellSummary]:
-    """Run the planned cells with the suite's executor."""
+    """Run the planned cells with the suite's executor, holding the results directory's writer lock."""
     ctx = RunContext(out_dir=p.out_dir, device=resolve_device(device), suite_hash=p.suite.suite_hash, force=force)
-    _store_suite(p.suite, p.out_dir, force)
-    if p.suite.executor == "ray":
-        from hpobench_elbo.executors.ray import run_ray  # type: ignore[import-not-found]
+    try:
+        with ResultsLock(p.out_dir):
+            _store_suite(p, force)
+            if p.suite.executor == "ray":
+                from hpobench_elbo.executors.ray import run_ray  # type: ignore[import-not-found]
 
-        return run_ray(p.cells, ctx)
-    from hpobench_elbo.executors.local import run_local
+                return run_ray(p.cells, ctx)
+            from hpobench_elbo.executors.local import run_local
 
-    return run_local(p.cells, ctx, progress=progress)
+            return run_local(p.cells, ctx, progress=progress)
+    except OSError as exc:
+        raise EnvironmentFailure.from_os_error(exc, p.out_dir) from None
 
 
 def run(suite_path: str | Path, out: str | Path | None = None, device: str = "auto", overrides: Sequence[str] = (),
@@ -101,36 +139,48 @@ def run(suite_path: str | Path, out: str | Path | None = None, device: str = "au
     return execute(plan(suite_path, out, overrides, only), device, force, progress)
 
 
-def resume(results_dir: str | Path, device: str = "auto", force: bool = False, progress: bool = True,
-           only: str | None = None) -> list[CellSummary]:
-    """Continue a run from its results directory (its stored suite copy)."""
-    results_dir = Path(results_dir)
+def _stored(results_dir: Path) -> tuple[Suite, dict[str, Any]]:
     copy = results_dir / SUITE_COPY
     if not copy.exists():
         raise UserError(f"{results_dir}: not a results directory (no {SUITE_COPY})")
-    suite = load_suite(copy)
-    p = Plan(suite, select_cells(suite.cells(), only), results_dir)
+    meta_path = results_dir / RUN_META
+    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    return load_suite(copy), meta
+
+
+def resume(results_dir: str | Path, device: str = "auto", force: bool = False, progress: bool = True,
+           only: str | None = None) -> list[CellSummary]:
+    """Continue a run from its results directory: its stored suite and the ``--only`` selection it
+    was started with (unless ``only`` is given)."""
+    results_dir = Path(results_dir)
+    suite, meta = _stored(results_dir)
+    chosen = only if only is not None else meta.get("only")
+    p = Plan(suite, select_cells(suite.cells(), chosen), results_dir, chosen)
     return execute(p, device, force, progress)
 
 
 def status(results_dir: str | Path) -> list[dict[str, Any]]:
-    """Per cell of the stored suite: done / running (ledger started) / remaining, charged cost."""
+    """Per cell of the run's selection: done, running (a writer holds the directory), interrupted
+    (started, no writer), remaining (not started, or an empty ledger), or damaged (with why); the
+    trials recorded and the charged cost. Reads only: takes no lock, changes no file."""
     results_dir = Path(results_dir)
-    copy = results_dir / SUITE_COPY
-    if not copy.exists():
-        raise UserError(f"{results_dir}: not a results directory (no {SUITE_COPY})")
-    suite = load_suite(copy)
+    suite, meta = _stored(results_dir)
+    active = writer_active(results_dir)
     rows = []
-    for cell in suite.cells():
+    for cell in select_cells(suite.cells(), meta.get("only")):
         path = results_dir / f"{cell.cell_id}.jsonl"
-        state, spent, trials = "remaining", 0.0, 0
-        if path.exists():
-            contents = read_ledger(path)
-            trials = len(contents.rows)
-            spent = contents.rows[-1]["spent"] if contents.rows else 0.0
-            state = "done" if contents.end is not None else "running"
+        state, spent, trials, problem = "remaining", 0.0, 0, None
+        if path.exists() and path.stat().st_size > 0:
+            try:
+                contents = read_ledger(path)
+            except LedgerError as exc:
+                state, problem = "damaged", str(exc)
+            else:
+                trials = len(contents.rows)
+                spent = contents.rows[-1]["spent"] if contents.rows else 0.0
+                state = "done" if contents.end is not None else ("running" if active else "interrupted")
         rows.append({"cell": cell.cell_id, "state": state, "trials": trials, "spent": spent, "budget": cell.budget,
-                     "clock": cell.clock})
+                     "clock": cell.clock, "problem": problem})
     return rows
 
 

@@ -7,7 +7,9 @@
     hpobench-elbo report DIR [--html] [--pdf] [--png] [--log-time] [--out DIR]
     hpobench-elbo list
 
-Bad input prints one line on stderr and exits with code 2.
+Exit codes: 0 done; 2 bad input or another writer; 3 environment failure (disk full, read-only,
+permissions); 4 a cell ended ``failing`` or ran out of attempts; 130 interrupted; when several
+apply, the highest wins. Every error is one line on stderr.
 """
 
 from __future__ import annotations
@@ -18,7 +20,17 @@ import warnings
 from collections.abc import Sequence
 
 from hpobench_elbo import api
-from hpobench_elbo.errors import UserError
+from hpobench_elbo.errors import (
+    EXIT_BAD_INPUT,
+    EXIT_CELL_FAILED,
+    EXIT_ENVIRONMENT,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EnvironmentFailure,
+    UserError,
+)
+
+FAILED_REASONS = ("failing", "attempts exhausted")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -59,11 +71,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _print_summaries(summaries: Sequence[api.CellSummary]) -> None:
+def _print_summaries(summaries: Sequence[api.CellSummary]) -> int:
+    """Print one line per cell; the exit code (4 when a cell ended failing or ran out of attempts)."""
+    code = EXIT_OK
     for s in summaries:
         rec = "-" if s.recommendation is None else str(s.recommendation)
         print(f"{s.cell_id}: {s.n_trials} trials, spent {s.spent:.4g}/{s.budget:g} {s.unit}, "
               f"recommended trial {rec} ({s.reason})")
+        if s.reason.startswith(FAILED_REASONS):
+            code = EXIT_CELL_FAILED
+    failing = [s for s in summaries if s.reason.startswith(FAILED_REASONS)]
+    if failing:
+        sys.stderr.write(f"hpobench-elbo: {len(failing)} cell(s) stopped failing: "
+                         f"{', '.join(s.cell_id for s in failing)}\n")
+    return code
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -81,16 +102,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"{len(plan.cells)} cells -> {plan.out_dir}; estimated charged cost at most "
                       f"{total:g} {unit} plus overshoot (each cell runs to its budget or its method's end)")
                 return 0
-            _print_summaries(api.execute(plan, args.device, args.force, progress=not args.quiet))
+            return _print_summaries(api.execute(plan, args.device, args.force, progress=not args.quiet))
         elif args.command == "resume":
-            _print_summaries(api.resume(args.dir, args.device, args.force, progress=not args.quiet, only=args.only))
+            return _print_summaries(api.resume(args.dir, args.device, args.force, progress=not args.quiet,
+                                               only=args.only))
         elif args.command == "status":
             rows = api.status(args.dir)
             for row in rows:
-                print(f"{row['state']:9s} {row['cell']}  {row['trials']} trials  "
-                      f"{row['spent']:.4g}/{row['budget']:g}")
-            counts = {s: sum(r["state"] == s for r in rows) for s in ("done", "running", "remaining")}
-            print(", ".join(f"{v} {k}" for k, v in counts.items()))
+                print(f"{row['state']:11s} {row['cell']}  {row['trials']} trials  "
+                      f"{row['spent']:.4g}/{row['budget']:g}" + (f"  ({row['problem']})" if row["problem"] else ""))
+            states = ("done", "running", "interrupted", "remaining", "damaged")
+            counts = {s: sum(r["state"] == s for r in rows) for s in states}
+            print(", ".join(f"{v} {k}" for k, v in counts.items() if v or k in ("done", "remaining")))
         elif args.command == "report":
             from hpobench_elbo.report.html import write_html_report
 
@@ -119,12 +142,28 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"  {name} (validation: {info['validation']}): {info['doc']}")
     except UserError as exc:
         sys.stderr.write(f"hpobench-elbo: error: {exc}\n")
-        return 2
+        return EXIT_BAD_INPUT
+    except (EnvironmentFailure, OSError) as exc:
+        failure = exc if isinstance(exc, EnvironmentFailure) else EnvironmentFailure.from_os_error(exc)
+        sys.stderr.write(f"hpobench-elbo: environment error: {failure}; nothing written was lost: fix the "
+                         "cause and run 'hpobench-elbo resume' on the results directory\n")
+        return EXIT_ENVIRONMENT
     except KeyboardInterrupt:
+        where = _results_dir(args)
         sys.stderr.write("hpobench-elbo: interrupted; every finished trial is in the ledger; "
-                         "continue with 'hpobench-elbo resume DIR'\n")
-        return 130
-    return 0
+                         f"continue with 'hpobench-elbo resume {where}'\n")
+        return EXIT_INTERRUPTED
+    return EXIT_OK
+
+
+def _results_dir(args: argparse.Namespace) -> str:
+    """The results directory a run or resume writes (for messages)."""
+    if args.command == "resume":
+        return str(args.dir)
+    try:
+        return str(api.plan(args.suite, args.out, args.overrides, args.only).out_dir)
+    except (UserError, OSError):
+        return args.out or "RESULTS_DIR"
 
 
 def entry() -> None:

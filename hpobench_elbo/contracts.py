@@ -408,6 +408,8 @@ class Cell:
     cache: bool
     threads: int
     label: str = ""
+    max_failures: int = 5
+    trial_timeout: float | None = None
 
     def definition(self) -> dict[str, Any]:
         return {

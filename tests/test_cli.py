@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from hpobench_elbo import api, cli
+from hpobench_elbo.engine.lock import ResultsLock
 from hpobench_elbo.registry import METHODS, TASKS
 from hpobench_elbo.suite import load_suite
 
@@ -77,6 +78,10 @@ def test_status_reports_done_running_remaining(small_run: tuple[Path, Path], tmp
     remaining.unlink()
     assert cli.main(["status", str(out)]) == 0
     text = capsys.readouterr().out.splitlines()
+    assert text[-1] == "2 done, 1 interrupted, 1 remaining"  # no writer holds the directory
+    with ResultsLock(out):  # a run in progress holds the writer lock
+        assert cli.main(["status", str(out)]) == 0
+        text = capsys.readouterr().out.splitlines()
     assert text[-1] == "2 done, 1 running, 1 remaining"
     by_cell = {line.split()[1]: line for line in text[:-1]}
     assert by_cell[running.stem].startswith("running") and "2 trials" in by_cell[running.stem]

@@ -76,7 +76,8 @@ def test_one_fsynced_line_per_trial(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert kinds[0] == "header" and kinds[-1] == "end" and set(kinds[1:-1]) == {"trial"}
     assert len(kinds) >= 4  # at least two trials
     # each trial is one line, and each line was fsynced once before the next was written
-    assert synced.count(str(path.resolve())) == len(lines)
+    # the header is written whole to a temporary file and renamed into place; each row is fsynced
+    assert synced.count(str(path.resolve()) + ".tmp") + synced.count(str(path.resolve())) == len(lines)
     assert [r["trial_id"] for r in records[1:-1]] == list(range(len(lines) - 2))
 
 
@@ -172,7 +173,9 @@ def test_a_changed_suite_is_refused_unless_forced(tmp_path: Path, capsys: pytest
     assert err.count("\n") == 1 and str(out) in err and "--force" in err and "Traceback" not in err
     assert list(out.glob("*.jsonl")) == [first]  # nothing ran
     assert cli.main(["run", str(suite), "--out", str(out), "--quiet", "--force"]) == 0
-    assert len(list(out.glob("*.jsonl"))) == 2  # the new cell (new budget, new id) ran beside the old one
+    assert "moved to" in capsys.readouterr().err
+    (second,) = out.glob("*.jsonl")  # the new cell (new budget, new id) ran; the old one is kept aside
+    assert second != first and [p.read_text() for p in out.glob("aside-*/*.jsonl")] == [text]
 
     # resume reads the stored suite copy: editing it is the same change
     stored = out / "suite.yaml"
@@ -182,11 +185,15 @@ def test_a_changed_suite_is_refused_unless_forced(tmp_path: Path, capsys: pytest
     assert cli.main(["resume", str(out), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and str(out) in err and "Traceback" not in err
-    assert len(list(out.glob("*.jsonl"))) == 2
+    assert list(out.glob("*.jsonl")) == [second]
     assert cli.main(["resume", str(out), "--quiet", "--force"]) == 0
-    assert len(list(out.glob("*.jsonl"))) == 3
+    assert len(list(out.glob("*.jsonl"))) == 1 and len(list(out.glob("aside-*/*.jsonl"))) == 2
     for path in out.glob("*.jsonl"):
         assert read_ledger(path).end is not None
+
+
+HEADER = {"cell": {"x": 1}, "suite_hash": "h", "suite": "s", "cell_id": "c", "seeds": {"cell_seed": 0},
+          "clock": "counting", "unit": "cost units"}
 
 
 def test_non_finite_trajectory_values_are_written_as_null(tmp_path: Path) -> None:
@@ -194,10 +201,10 @@ def test_non_finite_trajectory_values_are_written_as_null(tmp_path: Path) -> Non
     from hpobench_elbo.contracts import TrialResult, TrialSpec
     from hpobench_elbo.engine.ledger import Ledger
 
-    ledger = Ledger.open(tmp_path / "c.jsonl", {"cell": {"x": 1}, "suite_hash": "h"})
+    ledger = Ledger.open(tmp_path / "c.jsonl", HEADER)
     result = TrialResult(spec=TrialSpec({"lr": 0.1}, trial_id=0), status="diverged", cost={"train": 1.0},
                          trajectory=({"step": 1, "nll": float("nan"), "kl": float("inf")},))
-    ledger.append(result.to_json())
+    ledger.append({**result.to_json(), "recommendation": None, "spent": 1.0, "meter": {"train": 1.0}})
     row = read_ledger(tmp_path / "c.jsonl").rows[0]
     assert row["trajectory"] == [{"step": 1, "nll": None, "kl": None}] and row["status"] == "diverged"
 
@@ -208,6 +215,6 @@ def test_a_torn_header_line_is_moved_aside_and_the_ledger_starts_again(tmp_path:
     path = tmp_path / "c.jsonl"
     path.write_text('{"type": "header", "sche')  # the crash came while the first line was written
     with pytest.warns(UserWarning, match="torn"):
-        ledger = Ledger.open(path, {"cell": {"x": 1}, "suite_hash": "h"})
+        ledger = Ledger.open(path, HEADER)
     assert ledger.rows == [] and read_ledger(path).header["cell"] == {"x": 1}
     assert (tmp_path / "c.jsonl.torn").read_text().startswith('{"type": "header", "sche')

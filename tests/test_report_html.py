@@ -226,6 +226,7 @@ def test_torn_and_damaged_ledgers_are_reported_not_fatal(report_run: Path, tmp_p
 
 def test_task_where_no_trial_finished_still_appears(report_run: Path, tmp_path: Path) -> None:
     results = copy_run(report_run, tmp_path)
+    (results / "suite.yaml").unlink()  # without a stored suite every ledger in the directory counts
     source = next(results.glob("*grid--s0*.jsonl"))
     records = [json.loads(line) for line in source.read_text().splitlines()]
     header = {**records[0], "cell_id": "other.smoke--grid--s0--x", "data_use": "validation split"}
@@ -257,3 +258,12 @@ def test_ledgers_with_headers_only(report_run: Path, tmp_path: Path) -> None:
     assert report.headline == ["No method completed a trial yet: there is no model to compare."]
     assert sorted(report.tables["status"]["method"]) == METHODS
     assert (report.tables["status"]["trials"] == 0).all()
+
+
+def test_ledgers_not_in_the_stored_suite_are_left_out_and_named(report_run: Path, tmp_path: Path) -> None:
+    results = copy_run(report_run, tmp_path)
+    source = next(results.glob("*grid--s0*.jsonl"))
+    (results / "stale.smoke--grid--s0--x.jsonl").write_text(source.read_text())
+    report = build_report(results)
+    assert any("stale.smoke--grid--s0--x.jsonl: left out" in note for note in report.notes)
+    assert len(report.tables["status"]) == len(build_report(report_run).tables["status"])

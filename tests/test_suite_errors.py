@@ -70,14 +70,51 @@ MALFORMED = [
      ["tasks[0].options", "steps"]),
     ("task-batch-size-zero", edit("scale: smoke}", "scale: smoke, options: {batch_size: 0}}"),
      ["tasks[0].options", "batch_size"]),
+    # added with the reliability issue
+    ("duplicate-top-level-key", GOOD + "budget: 7\n", ["duplicate key 'budget'"]),
+    ("duplicate-task-key", edit("scale: smoke}", "scale: smoke, scale: cpu}"), ["duplicate key 'scale'"]),
+    ("seed-negative", edit("seeds: [0, 1]", "seeds: [-1]"), ["seeds[0]"]),
+    ("seed-repeated", edit("seeds: [0, 1]", "seeds: [3, 3]"), ["seeds", "3 is listed twice"]),
+    ("seed-boolean", edit("seeds: [0, 1]", "seeds: [true]"), ["seeds[0]"]),
+    ("seed-float", edit("seeds: [0, 1]", "seeds: [1.5]"), ["seeds[0]"]),
+    ("budget-boolean", edit("budget: 5", "budget: true"), ["budget"]),
+    ("budget-infinite", edit("budget: 5", "budget: .inf"), ["budget"]),
+    ("budget-absurd", edit("budget: 5", "budget: 1.0e+12"), ["budget", "10000000"]),
+    ("task-budget-nan", edit("scale: smoke}", "scale: smoke, budget: .nan}"), ["tasks[0].budget"]),
+    ("refit-string", GOOD + "refit: \"yes\"\n", ["refit"]),
+    ("cache-number", GOOD + "cache: 1\n", ["cache"]),
+    ("threads-boolean", GOOD + "threads: true\n", ["threads"]),
+    ("name-is-a-path", edit("name: good", "name: ../elsewhere/good"), ["name"]),
+    ("method-reference-not-a-method", edit("  - grid", "  - hpobench_elbo.space:Float"),
+     ["methods[1]", "hpobench_elbo.space:Float", "is not a method"]),
+    ("task-reference-not-a-task", edit("name: digits-mlp", "name: hpobench_elbo.space:SearchSpace"),
+     ["tasks[0]", "is not a task"]),
+    ("method-option-wrong-type", edit("  - grid", "  - {name: de-elbo, options: {per_parameter_sigma: 1}}"),
+     ["methods[1].options", "per_parameter_sigma"]),
+    ("method-option-string-for-list", edit("  - grid", "  - {name: de-elbo, options: {lrs: \"0.1\"}}"),
+     ["methods[1]", "lrs"]),
+    ("grid-shuffle-string", edit("  - grid", "  - {name: grid, options: {shuffle: \"no\"}}"),
+     ["methods[1].options", "shuffle"]),
+    ("task-option-boolean-for-int", edit("scale: smoke}", "scale: smoke, options: {steps: true}}"),
+     ["tasks[0].options", "steps"]),
+    ("max-failures-zero", GOOD + "max_failures: 0\n", ["max_failures"]),
+    ("trial-timeout-negative", GOOD + "trial_timeout: -5\n", ["trial_timeout"]),
+    ("clock-option-boolean", edit("clock: counting", "clock: counting\nclock_options: {cache_read: true}"),
+     ["clock_options.cache_read"]),
 ]
 
 
 @pytest.mark.parametrize(("text", "needles"), [pytest.param(t, n, id=i) for i, t, n in MALFORMED])
-def test_malformed_suite(tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, needles: list[str]) -> None:
+@pytest.mark.parametrize("mode", ["dry-run", "run"])
+def test_malformed_suite(tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, needles: list[str],
+                         mode: str) -> None:
+    """``--dry-run`` refuses everything the real run would, and the real run refuses it before it
+    writes anything."""
     path = tmp_path / "bad-suite.yaml"
     path.write_text(text)
-    code = cli.main(["run", str(path), "--dry-run"])
+    out_dir = tmp_path / "out"
+    args = ["--dry-run"] if mode == "dry-run" else ["--out", str(out_dir), "--quiet"]
+    code = cli.main(["run", str(path), *args])
     out, err = capsys.readouterr()
     assert code == 2
     assert err.endswith("\n") and err.count("\n") == 1, err  # exactly one line
@@ -85,6 +122,15 @@ def test_malformed_suite(tmp_path: Path, capsys: pytest.CaptureFixture[str], tex
     assert str(path) in err
     for needle in needles:
         assert needle in err, (needle, err)
+    assert not out_dir.exists()
+
+
+def test_a_file_that_is_not_utf8_text(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes(GOOD.replace("name: good", "name: g\u00f6od").encode("latin-1"))
+    assert cli.main(["run", str(path), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not UTF-8" in err and str(path) in err
 
 
 def test_the_good_suite_is_valid(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

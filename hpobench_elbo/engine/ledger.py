@@ -41,7 +41,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 
 from hpobench_elbo.engine.faults import fault_point
 from hpobench_elbo.errors import LedgerError
@@ -74,33 +76,102 @@ class LedgerContents:
     end: dict[str, Any] | None = None  # the closing record of a finished cell
 
 
+class _Record(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class HeaderRecord(_Record):
+    """The first line (the fields every version has; later ones are optional)."""
+
+    type: Literal["header"]
+    schema_version: StrictInt = Field(alias="schema")
+    suite: str
+    suite_hash: str
+    cell_id: str
+    cell: dict[str, Any]
+    seeds: dict[str, StrictInt]
+    clock: str
+    unit: str
+
+
+class TrialRecord(_Record):
+    """One finished trial."""
+
+    type: Literal["trial"]
+    trial_id: StrictInt = Field(ge=0)
+    kind: Literal["trial", "refit"]
+    config: dict[str, Any]
+    tuner: dict[str, Any]
+    data: Literal["split", "all"]
+    status: Literal["ok", "cut", "pruned", "diverged", "failed"]
+    cost: dict[str, float]
+    steps: StrictInt
+    score: float | None
+    metrics: dict[str, float | None]
+    test: dict[str, float | None] | None
+    trajectory: list[dict[str, Any]]
+    recommendation: StrictInt | None
+    spent: float
+    meter: dict[str, float]
+
+
+class EndRecord(_Record):
+    """The closing record of a finished cell."""
+
+    type: Literal["end"]
+    reason: str
+    spent: float
+    recommendation: StrictInt | None
+
+
+RECORDS: dict[str, type[_Record]] = {"header": HeaderRecord, "trial": TrialRecord, "end": EndRecord}
+
+
+def check_record(obj: Any) -> None:
+    """Raise ValueError (one line) unless ``obj`` is a valid record of a known type."""
+    if not isinstance(obj, dict) or obj.get("type") not in RECORDS:
+        kind = obj.get("type") if isinstance(obj, dict) else type(obj).__name__
+        raise ValueError(f"not a ledger record (type {kind!r})")
+    try:
+        RECORDS[obj["type"]].model_validate(obj)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "record"
+        raise ValueError(f"{obj['type']} record: {where}: {err['msg']}") from None
+
+
 def _parse(path: Path, text: str) -> LedgerContents:
+    """Parse and check a ledger's text: every line a valid record, the header first, each trial id
+    once, nothing after the end record; a damaged last line is ``torn``; damage before it raises."""
     lines = text.split("\n")
     complete, tail = lines[:-1], lines[-1]  # ``tail`` is what follows the last newline
+    numbered = [(n, line) for n, line in enumerate(complete, start=1) if line.strip()]
+    if tail.strip():
+        numbered.append((len(complete) + 1, tail))
     objects: list[dict[str, Any]] = []
     torn: str | None = None
-    for number, line in enumerate(complete, start=1):
-        if not line.strip():
-            continue
+    seen: set[int] = set()
+    for position, (number, line) in enumerate(numbered):
         try:
             obj = json.loads(line)
-            if not isinstance(obj, dict) or "type" not in obj:
-                raise ValueError("not a ledger record")
+            check_record(obj)
+            if position == 0 and obj["type"] != "header":
+                raise ValueError("the first record is not the header")
+            if position > 0 and obj["type"] == "header":
+                raise ValueError("a second header")
+            if objects and objects[-1]["type"] == "end":
+                raise ValueError("a record after the end record")
+            if obj["type"] == "trial":
+                if obj["trial_id"] in seen:
+                    raise ValueError(f"trial {obj['trial_id']} recorded twice")
+                seen.add(obj["trial_id"])
         except ValueError as exc:
-            if number == len(complete) and not tail:
+            if position == len(numbered) - 1 and position > 0:
                 torn = line
                 break
             raise LedgerError(f"{path}:{number}: damaged ledger line ({exc}); fix or delete the file") from None
         objects.append(obj)
-    if tail.strip():
-        try:
-            obj = json.loads(tail)
-            if not isinstance(obj, dict) or "type" not in obj:
-                raise ValueError("not a ledger record")
-            objects.append(obj)  # complete record missing only its newline
-        except ValueError:
-            torn = tail
-    if not objects or objects[0].get("type") != "header":
+    if not objects:
         raise LedgerError(f"{path}:1: missing ledger header")
     header, rows = objects[0], objects[1:]
     if header.get("schema") not in KNOWN_VERSIONS:
@@ -113,13 +184,39 @@ def _parse(path: Path, text: str) -> LedgerContents:
 
 
 def read_ledger(path: str | Path) -> LedgerContents:
-    """Read a ledger without changing it (a torn last line is reported, not moved)."""
+    """Read and check a ledger without changing it (a torn last line is reported, not moved).
+
+    A 0-byte ledger means "not started" to every command: ``resume`` runs the cell, ``status``
+    counts it as remaining, ``report`` leaves it out and says so; here it raises
+    :class:`EmptyLedger`.
+    """
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
     except FileNotFoundError:
         raise LedgerError(f"{path}: no such ledger") from None
+    if not raw:
+        raise EmptyLedger(f"{path}: empty ledger (the cell has not started)")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise LedgerError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     return _parse(path, text)
+
+
+class EmptyLedger(LedgerError):
+    """A 0-byte ledger: the cell has not started."""
+
+
+class LedgerLike(Protocol):
+    """What the loop needs of a cell's ledger: the recorded trial rows and end record (for replay),
+    and ``append`` (fsynced before it returns, by whoever writes the file)."""
+
+    path: Path
+    rows: list[dict[str, Any]]
+    end: dict[str, Any] | None
+
+    def append(self, row: Mapping[str, Any], kind: str = "trial") -> None: ...
 
 
 class Ledger:
@@ -145,10 +242,16 @@ class Ledger:
         if not path.exists() or path.stat().st_size == 0:
             full = {"type": "header", "schema": SCHEMA_VERSION, **header,
                     "created": datetime.now(timezone.utc).isoformat()}
-            with open(path, "w", encoding="utf-8") as fh:
-                fh.write(json.dumps(full, sort_keys=True) + "\n")
-                fh.flush()
-                os.fsync(fh.fileno())
+            tmp = path.with_name(path.name + ".tmp")  # written whole, then renamed: never a 0-byte ledger
+            try:
+                with open(tmp, "w", encoding="utf-8") as fh:
+                    fh.write(json.dumps(full, sort_keys=True) + "\n")
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                os.replace(tmp, path)
+            except OSError:
+                tmp.unlink(missing_ok=True)
+                raise
             return cls(path, full, [])
         contents = read_ledger(path)
         if contents.torn is not None:

@@ -18,8 +18,12 @@ import dataclasses
 import json
 import os
 import platform
+import signal
 import subprocess
-from collections.abc import Callable, Mapping
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,10 +45,41 @@ from hpobench_elbo.engine.budget import BudgetExhausted, BudgetMeter
 from hpobench_elbo.engine.cache import CacheView, StageCache
 from hpobench_elbo.engine.clock import make_clock
 from hpobench_elbo.engine.faults import fault_point
-from hpobench_elbo.engine.ledger import Ledger
+from hpobench_elbo.engine.ledger import Ledger, LedgerLike
 from hpobench_elbo.engine.seeds import Seeds
-from hpobench_elbo.errors import LedgerError
+from hpobench_elbo.errors import LedgerError, PluginError
 from hpobench_elbo.space import canonical
+
+TRIAL_TIMEOUT_FLOOR = 3600.0
+"""Seconds: a trial is never stopped for time before this (unless the suite sets ``trial_timeout``)."""
+TRIAL_TIMEOUT_FACTOR = 20.0
+"""A trial may run this many times the cell's longest completed trial (or the floor) before it is
+stopped and recorded as ``failed`` with reason ``timeout``."""
+
+
+class TrialTimeout(Exception):
+    """Raised inside a trial that ran past its time limit (recorded as failed, the cell goes on)."""
+
+
+@contextmanager
+def deadline(seconds: float) -> Iterator[None]:
+    """Raise :class:`TrialTimeout` in this thread after ``seconds`` (SIGALRM; only in the main
+    thread of a process on POSIX, elsewhere no limit is enforced)."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
+        yield
+        return
+
+    def expire(signum: int, frame: Any) -> None:
+        raise TrialTimeout(f"timeout: the trial ran past {seconds:g} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
 
 EXEC_LOG_ENV = "HPOBENCH_ELBO_EXEC_LOG"
 """If set, a file to which every trial execution appends ``<cell-id> <trial-id>`` before it starts
@@ -150,9 +185,13 @@ class CellRunner:
 
     def __init__(self, cell: Cell, task: Task, method: Method, build_tuner: Callable[[TunerSpec], Tuner],
                  ctx: RunContext, cache: StageCache,
-                 on_trial: Callable[[Cell, dict[str, Any]], None] | None = None) -> None:
+                 on_trial: Callable[[Cell, dict[str, Any]], None] | None = None,
+                 open_ledger: Callable[[dict[str, Any]], LedgerLike] | None = None) -> None:
         """``task`` and ``method`` are the cell's objects, built by the caller with the cell's seeds
-        (``Seeds.from_cell(cell.seed)``; the method from its ``sampler`` seed)."""
+        (``Seeds.from_cell(cell.seed)``; the method from its ``sampler`` seed). ``open_ledger(header)``
+        returns the cell's ledger (its recorded rows and end, and ``append``); by default the file
+        under ``ctx.out_dir``. A worker that is not the driver passes one that sends rows to the
+        driver, which alone writes the file."""
         self.cell = cell
         self.ctx = ctx
         self.on_trial = on_trial
@@ -166,7 +205,10 @@ class CellRunner:
                   "metric": self.info.metric, "direction": self.info.direction,
                   "recipe": None if self.info.recipe is None else self.info.recipe.to_json(),
                   "validation": method.validation, "data_use": data_use(method.validation, cell.refit)}
-        self.ledger = Ledger.open(ctx.out_dir / f"{cell.cell_id}.jsonl", header, force=ctx.force)
+        if open_ledger is None:
+            def open_ledger(head: dict[str, Any]) -> LedgerLike:
+                return Ledger.open(ctx.out_dir / f"{cell.cell_id}.jsonl", head, force=ctx.force)
+        self.ledger = open_ledger(header)
         self.cache: CacheView = cache.view()
         self.results: dict[int, TrialResult] = {}
         self.recommendation: int | None = None
@@ -174,6 +216,9 @@ class CellRunner:
         self.refit_done = False
         self.stop_reason = "budget"
         self.next_id = 0
+        self.failures = 0
+        self.last_error: str | None = None
+        self.longest_trial = 0.0
 
     # -- helpers ----------------------------------------------------------------------------
     def _ask_context(self) -> AskContext:
@@ -192,10 +237,26 @@ class CellRunner:
         self.meter.reserve = work * scale
 
     def _method_recommendation(self) -> int | None:
-        rec = self.method.recommend()
+        rec = self._call_method("recommend")
         if rec is not None and (rec not in self.results or self.results[rec].status != "ok"):
-            raise RuntimeError(f"method {self.cell.method!r} recommended trial {rec}, which did not complete ok")
+            raise PluginError(f"method {self.cell.method!r} recommended trial {rec}, which did not complete ok")
         return rec
+
+    def _call_method(self, member: str, *args: Any) -> Any:
+        """A call into the method; anything it raises (but the budget running out) is a plug-in error."""
+        try:
+            return getattr(self.method, member)(*args)
+        except (BudgetExhausted, PluginError, KeyboardInterrupt):
+            raise
+        except Exception as exc:  # noqa: BLE001 - one line naming the plug-in, no traceback
+            raise PluginError(f"method {self.cell.method!r}: {member}() raised {type(exc).__name__}: {exc}") from None
+
+    def _timeout(self) -> float:
+        """Seconds a trial may run: the suite's ``trial_timeout``, else a generous multiple of the
+        cell's longest trial so far, never below :data:`TRIAL_TIMEOUT_FLOOR`."""
+        if self.cell.trial_timeout is not None:
+            return float(self.cell.trial_timeout)
+        return max(TRIAL_TIMEOUT_FLOOR, TRIAL_TIMEOUT_FACTOR * self.longest_trial)
 
     # -- replay -----------------------------------------------------------------------------
     def replay(self) -> None:
@@ -215,6 +276,7 @@ class CellRunner:
                         f"{self.ledger.path}: trial {spec.trial_id} does not replay "
                         f"(method asked {replayed}, ledger has {recorded}); the method or suite changed")
                 self.method.tell(spec, result.without_test())
+                self._count_failure(result)
             self.results[spec.trial_id] = result
             self.meter.restore(row["meter"], row["spent"])
             self.cache.paid_keys.update(result.cache_keys)
@@ -229,12 +291,16 @@ class CellRunner:
             with open(log, "a", encoding="utf-8") as fh:
                 fh.write(f"{self.cell.cell_id} {spec.trial_id}\n")
         self.cache.begin_trial()
+        started = time.perf_counter()
         try:
-            result = self.task.run(spec, TrialContext(self.meter, self.cache, self.seeds, self.build_tuner))
+            with deadline(self._timeout()):
+                result = self.task.run(spec, TrialContext(self.meter, self.cache, self.seeds, self.build_tuner))
         except BudgetExhausted:
             result = TrialResult(spec=spec, status="cut", cost={})
         except Exception as exc:  # noqa: BLE001 - a failing trial is recorded, the cell goes on
             result = TrialResult(spec=spec, status="failed", cost={}, error=f"{type(exc).__name__}: {exc}"[:500])
+        if result.status == "ok":
+            self.longest_trial = max(self.longest_trial, time.perf_counter() - started)
         stats = self.cache.stats
         return dataclasses.replace(result, cache_hits=stats.hits, cache_misses=stats.misses,
                                    cost_saved=stats.cost_saved, cache_keys=tuple(stats.paid_keys))
@@ -260,15 +326,16 @@ class CellRunner:
         """Ask, run, test, tell, record one trial; False when the method has nothing more to ask."""
         before = self.meter.snapshot()
         with self.meter.unit("method"):
-            spec = self.method.ask(self._ask_context())
+            spec = self._call_method("ask", self._ask_context())
         if spec is None:
             return False
         spec = dataclasses.replace(spec, trial_id=self.next_id, kind="trial")
         self.next_id += 1
         result = self._test(self._execute(spec))
         with self.meter.unit("method", check=False):
-            self.method.tell(spec, result.without_test())
+            self._call_method("tell", spec, result.without_test())
         self.results[spec.trial_id] = result
+        self._count_failure(result)
         self.recommendation = self._method_recommendation()
         self._record(result, before)
         self._update_reserve()
@@ -298,6 +365,9 @@ class CellRunner:
                 if self.refit_enabled and self.recommendation is not None and self.meter.searchable <= 0:
                     self.stop_reason = "refit reserve"
                     break
+                if self.failures >= self.cell.max_failures:
+                    self.stop_reason = "failing"
+                    break
                 try:
                     if not self._search_step():
                         self.stop_reason = "method done"
@@ -307,12 +377,23 @@ class CellRunner:
             if self.refit_enabled and not self.refit_done and self.recommendation is not None \
                     and not self.meter.exhausted:
                 self._refit()
+            extra = {"error": self.last_error} if self.stop_reason == "failing" else {}
             self.ledger.append({"reason": self.stop_reason, "spent": self.meter.spent, "recommendation": self.recommendation,
-                                "overshoot": self.meter.overshoot, "meter": self.meter.by_phase()}, kind="end")
+                                "overshoot": self.meter.overshoot, "meter": self.meter.by_phase(), **extra}, kind="end")
         end = self.ledger.end or {}
+        reason = str(end.get("reason", ""))
+        if reason == "failing":
+            reason = f"failing: {self.cell.max_failures} trials failed in a row; last error: {end.get('error')}"
         return CellSummary(self.cell.cell_id, len(self.ledger.rows), float(end.get("spent", self.meter.spent)),
-                           self.cell.budget, self.meter.unit_name, end.get("recommendation"),
-                           str(end.get("reason", "")))
+                           self.cell.budget, self.meter.unit_name, end.get("recommendation"), reason)
+
+    def _count_failure(self, result: TrialResult) -> None:
+        """Consecutive failed trials (the cell stops at ``max_failures``); any other status resets."""
+        if result.status == "failed":
+            self.failures += 1
+            self.last_error = result.error
+        else:
+            self.failures = 0
 
 
 def run_cell(cell: Cell, task: Task, method: Method, build_tuner: Callable[[TunerSpec], Tuner], ctx: RunContext,

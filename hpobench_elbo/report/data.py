@@ -41,6 +41,16 @@ class ReportData:
     problems: list[str] = field(default_factory=list)
 
 
+def _current_cells(source: Path) -> set[str] | None:
+    """Cell ids of the suite stored beside the ledgers (None when there is no readable suite.yaml)."""
+    from hpobench_elbo.suite import load_suite
+
+    try:
+        return {c.cell_id for c in load_suite(source / "suite.yaml").cells()} if (source / "suite.yaml").exists() else None
+    except UserError:
+        return None
+
+
 def read_report_data(results_dir: str | Path) -> ReportData:
     """Read every ledger under ``results_dir``; raise ``UserError`` when none is readable."""
     source = Path(results_dir)
@@ -49,6 +59,11 @@ def read_report_data(results_dir: str | Path) -> ReportData:
         raise UserError(f"{source}: no ledgers (*.jsonl) to report on")
     problems: list[str] = []
     contents: list[LedgerContents] = []
+    current = _current_cells(source)
+    if current is not None:
+        left_out = [p for p in paths if p.stem not in current]
+        problems += [f"{p.name}: left out, not a cell of the current suite (suite.yaml)" for p in left_out]
+        paths = [p for p in paths if p.stem in current]
     for path in paths:
         try:
             item = read_ledger(path)

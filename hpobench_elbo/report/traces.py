@@ -45,6 +45,8 @@ def load_results(path: str | Path) -> pd.DataFrame:
     """
     records: list[dict[str, Any]] = []
     for ledger in ledger_paths(path):
+        if ledger.stat().st_size == 0:
+            continue  # an empty ledger: the cell has not started
         records.extend(ledger_records(read_ledger(ledger)))
     return pd.DataFrame.from_records(records)
 

@@ -40,13 +40,6 @@ seeds, never from the trial, so the same prefix gives the same output in every t
 that shares the data. ``data="all"`` (a refit) adapts and fits the head on the whole pool and
 scores the head's final training loss.
 
-Measured under the DeviceClock (seed 0, resolution / max_tokens 64, adapt_lr 0.01, then a second
-trial that changes only the head): image cpu scale on one CPU core, full trial 15.4 device-seconds
-(features 6.9, adapt 8.2 with 200 steps, head 0.19), head-only trial 0.21 (ratio 0.014), test
-accuracy 0.88; text cpu scale (100 adapt steps), 34.5 against 0.33 (ratio 0.0095), test accuracy
-0.71; image gpu scale on one H100 (1,000 adapt steps), 7.7 against 0.32 GPU-seconds (ratio 0.04,
-mostly the read of the cached adapted features), test accuracy 0.94.
-
 Only the plain configuration is understood (tuner ``sgd``): the stages train with their own
 code, not through a tuner; a trial asking for another tuner is recorded as failed.
 """

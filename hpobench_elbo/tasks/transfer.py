@@ -54,14 +54,8 @@ text gpu     all    3000  64    64 tokens, full fine-tuning   all
 BatchNorm (images): at the smoke and cpu scales the trainable blocks keep their pretrained
 BatchNorm statistics (``bn_stats="frozen"``; the affine weights train): with batches of 16-32 and
 EfficientNet's BN momentum of 0.01, statistics updated in training mode would differ from those
-used at evaluation (measured: validation loss 15 against training loss 0.6). The gpu scale
+used at evaluation (docs/tasks.md gives the measured gap). The gpu scale
 (batch 128, 1500 steps) updates them (``bn_stats="train"``).
-
-Measured (DeviceClock, seed 0, lr 0.01 / 0.03 for text, alpha = beta = 1e-4): image cpu on one
-CPU core, 22 device-seconds charged per first trial (7 s of it the feature stage), test accuracy
-0.92; image gpu on one H100, 84 GPU-seconds, test accuracy 0.99; text cpu on one core, 59
-device-seconds (a 9 s feature stage and 200 steps of about 0.25 s), test accuracy 0.70 on 2,000
-tweets.
 
 Every trial runs under its own seeded torch RNG (``noise`` seed of the trial: dropout,
 drop-connect, augmentation; the staged-task base does this), so a trial repeats exactly on the
@@ -450,7 +444,7 @@ class TextTransfer(TransferTask):
     SCALES = {
         "smoke": Scale(n=300, steps=60, batch_size=16,  # smaller pools stay under twice chance
                        extra={"max_tokens": 64, "trainable_layers": 1, "test_examples": 500}),
-        "cpu": Scale(n=1000, steps=200, batch_size=32,  # about 0.24 s per step on one core
+        "cpu": Scale(n=1000, steps=200, batch_size=32,
                      extra={"max_tokens": 64, "trainable_layers": 1, "test_examples": 2000}),
         "gpu": Scale(n=None, steps=3000, batch_size=64,
                      extra={"max_tokens": 64, "trainable_layers": -1, "test_examples": None}),
