@@ -112,6 +112,8 @@ class TrialSpec:
 
     ``data="split"`` trains on 80% of the labelled pool and validates on the other 20%;
     ``data="all"`` trains on the whole pool (no validation). The loop assigns ``trial_id``.
+    ``checkpoints``: training steps (counted from 1) after which the trainer reports an intermediate
+    value to the method, which may stop the trial there (status ``pruned``); refits have none.
     """
 
     config: Config
@@ -120,9 +122,10 @@ class TrialSpec:
     kind: Kind = "trial"
     trial_id: TrialId = -1
     refit_of: TrialId | None = None
+    checkpoints: tuple[int, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out = {
             "trial_id": self.trial_id,
             "kind": self.kind,
             "config": dict(self.config),
@@ -130,6 +133,9 @@ class TrialSpec:
             "data": self.data,
             "refit_of": self.refit_of,
         }
+        if self.checkpoints:  # written only when used (schema 3 rows without it have none)
+            out["checkpoints"] = list(self.checkpoints)
+        return out
 
     @classmethod
     def from_json(cls, obj: Mapping[str, Any]) -> TrialSpec:
@@ -141,6 +147,7 @@ class TrialSpec:
             kind=obj.get("kind", "trial"),
             trial_id=int(obj["trial_id"]),
             refit_of=obj.get("refit_of"),
+            checkpoints=tuple(int(c) for c in obj.get("checkpoints") or ()),
         )
 
 
@@ -172,6 +179,7 @@ class TrialResult:
     n_train: int = 0
     error: str | None = None
     stage_costs: Mapping[str, float] = field(default_factory=dict)
+    intermediate: tuple[tuple[int, float], ...] = ()
     artifact: Any = field(default=None, compare=False, repr=False)
 
     @property
@@ -214,6 +222,7 @@ class TrialResult:
             "n_train": self.n_train,
             "error": self.error,
             "stage_costs": {k: float(v) for k, v in self.stage_costs.items()},
+            **({"intermediate": [[int(s), finite(v)] for s, v in self.intermediate]} if self.intermediate else {}),
         }
 
     @classmethod
@@ -240,6 +249,7 @@ class TrialResult:
             n_train=int(obj.get("n_train", 0)),
             error=obj.get("error"),
             stage_costs={k: float(v) for k, v in (obj.get("stage_costs") or {}).items()},
+            intermediate=tuple((int(s), num(v)) for s, v in obj.get("intermediate") or ()),
         )
 
 
@@ -279,10 +289,13 @@ class AskContext:
 
 @dataclass(frozen=True)
 class StepStats:
-    """What one tuner step reports back to the trainer: the minibatch loss and its example count."""
+    """What one tuner step reports back to the trainer: the minibatch loss, its example count and,
+    for a tuner that minimises more than the loss (e.g. the ELBo's NLL + KL / (kappa n)), that
+    training ``objective`` (what its checkpoints report; default: the loss)."""
 
     loss: float
     examples: int
+    objective: float | None = None
 
 
 @dataclass(frozen=True)
@@ -377,16 +390,22 @@ class TrainSetup:
     ELBo tuner's final training objective, charged by the tuner to ``hyper``)."""
 
 
+def _always_continue(trial: int, step: int, value: float) -> bool:
+    return True
+
+
 @dataclass(frozen=True)
 class TrialContext:
     """What the loop hands a task for one trial: the meter, the cell's cache view, the cell's
-    seeds, and ``build_tuner(TunerSpec) -> Tuner`` (the tuner registry, so tasks never name a
-    method)."""
+    seeds, ``build_tuner(TunerSpec) -> Tuner`` (the tuner registry, so tasks never name a
+    method), and ``checkpoint(trial_id, step, value) -> bool``, which the trainer calls at each of
+    the spec's checkpoints (the loop asks the method, charged to ``method``; False: stop, ``pruned``)."""
 
     meter: MeterView
     cache: CacheView
     seeds: Seeds
     build_tuner: Callable[[TunerSpec], Tuner]
+    checkpoint: Callable[[int, int, float], bool] = _always_continue
 
 
 @dataclass(frozen=True)
@@ -463,8 +482,12 @@ class Method(Protocol):
         ...
 
     # Optional members (checked when present):
-    #   checkpoint(trial: TrialId, step: int, value: float) -> bool: False stops the trial (pruned);
-    #       default: every trial runs to its end.
+    #   checkpoint(trial: TrialId, step: int, value: float) -> bool: called at each of a trial's
+    #       ``checkpoints`` (charged to ``method``) with the intermediate value, lower is better (the
+    #       validation loss for a trial with a validation split, else the mean training objective
+    #       since the previous checkpoint); False stops the trial, which is recorded ``pruned`` (charged,
+    #       never recommended). On replay the recorded values are given again in order. Default: every
+    #       trial runs to its end.
     #   inapplicable_reason(info: TaskInfo) -> str | None (classmethod): why this method cannot run
     #       on a task (the suite refuses the pair at load); default: applicable everywhere.
     #   validate_options(space: SearchSpace, options: Mapping) -> None (staticmethod): raise

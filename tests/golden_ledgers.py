@@ -17,12 +17,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from hpobench_elbo.engine.ledger import UNDOCUMENTED_FIELDS as UNDOCUMENTED
+from hpobench_elbo.engine.ledger import documented_fields as documented
+
 GOLDEN = Path(__file__).resolve().parent / "golden" / "smoke.json"
-UNDOCUMENTED = {"time", "created", "versions", "git_sha", "machine", "device_name", "where"}
-
-
-def documented(record: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in record.items() if k not in UNDOCUMENTED}
 
 
 def normalised_ledgers(results_dir: Path) -> dict[str, list[dict[str, Any]]]:

@@ -8,6 +8,9 @@ The budget rule, written once:
   ``BudgetExhausted`` when nothing is left). A unit already started runs to its end; what it
   spends beyond the budget is recorded as overshoot.
 * A trial stopped by ``BudgetExhausted`` is ``cut``: recorded with its cost, never recommended.
+* A trial its method stops at a checkpoint is ``pruned``: recorded with its cost (the steps it ran,
+  its checkpoint passes charged to ``validate``, the method's answers to ``method``), never
+  recommended. ``diverged`` and ``failed`` trials are recorded with their cost and the cell goes on.
 * A reserve (the estimated refit cost) can be held back: while it is set, work is refused once only
   the reserve is left, so search trials are cut there and the refit finds its reserve intact.
 

@@ -6,7 +6,8 @@ with SIGKILL the n-th time it passes ``<point>``; ``<point>:<n>:<ERRNO>`` (e.g. 
 stays full), which is how the tests inject environment failures where a real one cannot be made
 (a full disk needs a small filesystem; root ignores read-only permissions). Points: ``ledger-append`` (after a trial row is
 fsynced), ``ledger-write`` (a row written but not yet flushed or fsynced), ``refit`` (before a refit
-starts), ``cache-write`` (a stage output written, its metadata not yet). Unset, a point costs one
+starts), ``cache-write`` (a stage output written, its metadata not yet), ``prune`` (right after a
+method decided to stop a trial at a checkpoint). Unset, a point costs one
 dictionary lookup.
 """
 

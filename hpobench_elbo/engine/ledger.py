@@ -48,6 +48,16 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 from hpobench_elbo.engine.faults import fault_point
 from hpobench_elbo.errors import LedgerError
 
+UNDOCUMENTED_FIELDS = frozenset({"time", "created", "versions", "git_sha", "machine", "device_name", "where"})
+"""Fields that describe when, where and with what a record was written, not the results: left out
+when two runs' ledgers are compared (kill-and-resume tests, golden ledgers, benchmarks/faults.py)."""
+
+
+def documented_fields(record: Mapping[str, Any]) -> dict[str, Any]:
+    """A record without its :data:`UNDOCUMENTED_FIELDS`."""
+    return {k: v for k, v in record.items() if k not in UNDOCUMENTED_FIELDS}
+
+
 SCHEMA_VERSION = 3
 KNOWN_VERSIONS = (1, 2, 3)
 

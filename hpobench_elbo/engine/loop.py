@@ -251,6 +251,17 @@ class CellRunner:
         except Exception as exc:  # noqa: BLE001 - one line naming the plug-in, no traceback
             raise PluginError(f"method {self.cell.method!r}: {member}() raised {type(exc).__name__}: {exc}") from None
 
+    def _checkpoint(self, trial_id: int, step: int, value: float) -> bool:
+        """The trainer's report at a checkpoint: the method's answer (charged to ``method``); a
+        method without ``checkpoint`` lets every trial run to its end."""
+        if not hasattr(self.method, "checkpoint"):
+            return True
+        with self.meter.unit("method", check=False):
+            keep = bool(self._call_method("checkpoint", trial_id, step, value))
+        if not keep:
+            fault_point("prune")
+        return keep
+
     def _timeout(self) -> float:
         """Seconds a trial may run: the suite's ``trial_timeout``, else a generous multiple of the
         cell's longest trial so far, never below :data:`TRIAL_TIMEOUT_FLOOR`."""
@@ -268,13 +279,18 @@ class CellRunner:
                 self.stop_reason = row.get("stop_reason", self.stop_reason)
             else:
                 asked = self.method.ask(self._ask_context())
-                recorded = _normal({k: row[k] for k in ("config", "tuner", "data")})
+                recorded = _normal({**{k: row[k] for k in ("config", "tuner", "data")},
+                                    "checkpoints": row.get("checkpoints", [])})
                 replayed = None if asked is None else _normal(
-                    {"config": asked.config, "tuner": asked.tuner.to_json(), "data": asked.data})
+                    {"config": asked.config, "tuner": asked.tuner.to_json(), "data": asked.data,
+                     "checkpoints": list(asked.checkpoints)})
                 if replayed != recorded:
                     raise LedgerError(
                         f"{self.ledger.path}: trial {spec.trial_id} does not replay "
                         f"(method asked {replayed}, ledger has {recorded}); the method or suite changed")
+                if hasattr(self.method, "checkpoint"):  # the recorded intermediate values, in order
+                    for step, value in result.intermediate:
+                        self.method.checkpoint(spec.trial_id, step, value)
                 self.method.tell(spec, result.without_test())
                 self._count_failure(result)
             self.results[spec.trial_id] = result
@@ -294,7 +310,8 @@ class CellRunner:
         started = time.perf_counter()
         try:
             with deadline(self._timeout()):
-                result = self.task.run(spec, TrialContext(self.meter, self.cache, self.seeds, self.build_tuner))
+                result = self.task.run(spec, TrialContext(self.meter, self.cache, self.seeds, self.build_tuner,
+                                                          self._checkpoint))
         except BudgetExhausted:
             result = TrialResult(spec=spec, status="cut", cost={})
         except Exception as exc:  # noqa: BLE001 - a failing trial is recorded, the cell goes on
@@ -345,7 +362,7 @@ class CellRunner:
         fault_point("refit")
         chosen = self.results[self.recommendation]  # type: ignore[index]
         spec = dataclasses.replace(chosen.spec, data="all", kind="refit", refit_of=chosen.spec.trial_id,
-                                   trial_id=self.next_id)
+                                   trial_id=self.next_id, checkpoints=())
         self.next_id += 1
         before = self.meter.snapshot()
         self.meter.reserve = 0.0

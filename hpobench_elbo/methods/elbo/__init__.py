@@ -4,10 +4,12 @@
 objective); ``tuner.py`` is the training step that learns the prior variances.
 """
 
-from hpobench_elbo.methods.elbo.method import DataEmphasizedELBo, PlainELBo
+from hpobench_elbo.methods.elbo.method import DataEmphasizedELBo, PlainELBo, PrunedDataEmphasizedELBo
 from hpobench_elbo.methods.elbo.tuner import ELBoOptions, ELBoTuner
 
-REGISTER = {DataEmphasizedELBo.name: DataEmphasizedELBo, PlainELBo.name: PlainELBo}
+REGISTER = {DataEmphasizedELBo.name: DataEmphasizedELBo, PlainELBo.name: PlainELBo,
+            PrunedDataEmphasizedELBo.name: PrunedDataEmphasizedELBo}
 TUNERS = {"elbo": ELBoTuner}
 
-__all__ = ["DataEmphasizedELBo", "ELBoOptions", "ELBoTuner", "PlainELBo", "REGISTER", "TUNERS"]
+__all__ = ["DataEmphasizedELBo", "ELBoOptions", "ELBoTuner", "PlainELBo", "PrunedDataEmphasizedELBo", "REGISTER",
+           "TUNERS"]

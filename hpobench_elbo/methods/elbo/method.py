@@ -37,10 +37,11 @@ option of a choice. A space without ``lr`` is refused (``UserError``).
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from hpobench_elbo.contracts import AskContext, TaskInfo, TrialSpec, TunerSpec
+from hpobench_elbo.contracts import AskContext, TaskInfo, TrialId, TrialSpec, TunerSpec
 from hpobench_elbo.errors import UserError
 from hpobench_elbo.methods.base import SelectsBestScore
 from hpobench_elbo.methods.elbo.tuner import ELBoOptions
@@ -123,3 +124,39 @@ class PlainELBo(DataEmphasizedELBo):
     name = "elbo"
     kappa = 1.0
 
+
+
+class PrunedDataEmphasizedELBo(DataEmphasizedELBo):
+    """``de-elbo-pruned``: the same four-learning-rate sweep, stopping a run early when its training
+    objective is clearly worse than the other runs' at the same checkpoint (no validation data).
+
+    Checkpoints at ``fractions`` of the task's steps (default 1/4 and 1/2). At a checkpoint the
+    trainer reports the mean training objective since the previous checkpoint; the method keeps every
+    run's value per checkpoint (a rung) and stops the run when its value ranks in the worse half of
+    the values seen at that rung, itself included (successive halving with eta = 2 over the sweep,
+    promoted asynchronously: a run is compared with the runs before it). The first run always
+    finishes. Selection is unchanged: the lowest final training objective among finished runs.
+    """
+
+    name = "de-elbo-pruned"
+
+    def __init__(self, info: TaskInfo, seed: int, lrs: Sequence[float] = DEFAULT_LRS,
+                 per_parameter_sigma: bool = False, prior: str = "auto", sigma_init: float = 1e-4,
+                 selection_samples: int = 10, fractions: Sequence[float] = (0.25, 0.5)) -> None:
+        super().__init__(info, seed, lrs, per_parameter_sigma, prior, sigma_init, selection_samples)
+        if isinstance(fractions, (str, bytes)) or not all(
+                isinstance(f, (int, float)) and not isinstance(f, bool) and 0 < f < 1 for f in fractions):
+            raise UserError(f"fractions: expected numbers strictly between 0 and 1, got {fractions!r}")
+        steps = info.recipe.steps if info is not None and info.recipe is not None else 0
+        self.checkpoints = tuple(sorted({max(1, int(round(f * steps))) for f in fractions if int(round(f * steps)) < steps}))
+        self.rungs: dict[int, list[float]] = {}
+
+    def ask(self, ctx: AskContext) -> TrialSpec | None:
+        spec = super().ask(ctx)
+        return None if spec is None else replace(spec, checkpoints=self.checkpoints)
+
+    def checkpoint(self, trial: TrialId, step: int, value: float) -> bool:
+        seen = self.rungs.setdefault(step, [])
+        seen.append(value)
+        rank = sum(v < value for v in seen) + 1  # 1 = best so far at this rung
+        return len(seen) < 2 or rank <= math.ceil(len(seen) / 2)

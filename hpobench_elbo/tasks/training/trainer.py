@@ -87,6 +87,16 @@ class Trainer:
         self.objective = objective
         self.device = device
 
+    def _checkpoint_value(self, tuner: Tuner, model: nn.Module, data: TrainData, meter: Any,
+                          since: list[float]) -> float:
+        """What a checkpoint reports, lower is better: the validation loss when the trial has a
+        validation split (one pass, charged to ``validate``), else the mean training objective over
+        the steps since the previous checkpoint (no extra pass, no validation data)."""
+        if data.x_val is None or data.y_val is None:
+            return _mean(since)
+        with meter.unit("validate", examples=len(data.x_val)):
+            return evaluate(tuner.eval_model(model), data.x_val, data.y_val, self.objective)["loss"]
+
     def fit(self, spec: TrialSpec, info: TaskInfo, model: nn.Module, data: TrainData, ctx: TrialContext,
             generator: torch.Generator, prior_mean: Mapping[str, torch.Tensor], n_data: int) -> TrialResult:
         """Train, validate if there is a validation split, and return the result (never raises for a bad trial)."""
@@ -115,6 +125,9 @@ class Trainer:
 
             last_losses: collections.deque[float] = collections.deque(maxlen=10)
             threshold = self.objective.divergence_threshold
+            checkpoints = set(spec.checkpoints)
+            since_checkpoint: list[float] = []
+            intermediate: list[tuple[int, float]] = []
             step_unit = meter.unit("train", examples=batch_size)  # one unit object, entered once per step
             for step in range(self.steps):
                 with step_unit:  # the batch draw and the divergence check belong to the step
@@ -127,6 +140,16 @@ class Trainer:
                     return TrialResult(**base, status="diverged", steps=step + 1,
                                        metrics={"train_loss": loss}, trajectory=tuple(tuner.trajectory()),
                                        error=f"loss {loss:.4g} at step {step + 1}")
+                since_checkpoint.append(loss if stats.objective is None else stats.objective)
+                if step + 1 in checkpoints:
+                    value = self._checkpoint_value(tuner, model, data, meter, since_checkpoint)
+                    since_checkpoint = []
+                    intermediate.append((step + 1, value))
+                    base["intermediate"] = tuple(intermediate)  # every later result carries them
+                    if not ctx.checkpoint(spec.trial_id, step + 1, value):
+                        return TrialResult(**base, status="pruned", steps=step + 1,
+                                           metrics={"train_loss": float(sum(last_losses) / len(last_losses))},
+                                           trajectory=tuple(tuner.trajectory()))
             step = self.steps
             eval_model = tuner.eval_model(model)
             metrics = {"train_loss": float(sum(last_losses) / max(1, len(last_losses)))}
@@ -151,6 +174,10 @@ class Trainer:
             return TrialResult(**base, status="failed", steps=step, error=f"OutOfMemoryError: {str(exc)[:300]}")
         except Exception as exc:  # noqa: BLE001 - recorded; the cell goes on
             return TrialResult(**base, status="failed", steps=step, error=f"{type(exc).__name__}: {str(exc)[:400]}")
+
+
+def _mean(values: list[float]) -> float:
+    return float(sum(values) / len(values)) if values else float("nan")
 
 
 def trainable_parameters(model: nn.Module) -> dict[str, nn.Parameter]:

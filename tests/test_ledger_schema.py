@@ -1,0 +1,77 @@
+"""A ledger line that is valid JSON but not a valid record is damage, in every command alike:
+first record, a middle one, the last one (torn: a writer moves it aside), duplicate trial ids, and
+a 0-byte ledger (not started)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import run_cli
+
+from hpobench_elbo.report.html import build_report
+
+
+def damaged_copy(small_run: tuple[Path, Path], tmp_path: Path, line: int, change: dict) -> tuple[Path, Path]:
+    """A copy of the small run whose first ledger has record ``line`` (0 = header) changed."""
+    out = Path(shutil.copytree(small_run[1], tmp_path / "results"))
+    ledger = sorted(out.glob("*.jsonl"))[0]
+    records = [json.loads(x) for x in ledger.read_text().splitlines()]
+    if line == -1:
+        records = [r for r in records if r["type"] != "end"]  # the damaged row is then the last line
+    records[line] = {**records[line], **change}
+    ledger.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return out, ledger
+
+
+@pytest.mark.parametrize(("line", "change", "why"), [
+    (0, {"cell": "no mapping"}, "header record: cell"),
+    (2, {"status": "exploded"}, "trial record: status"),
+    (3, {"trial_id": 1}, "trial 1 recorded twice"),
+    (2, {"type": "note"}, "not a ledger record"),
+], ids=["header", "middle", "duplicate-id", "unknown-type"])
+def test_damage_before_the_last_line(small_run: tuple[Path, Path], tmp_path: Path, line: int, change: dict,
+                                     why: str) -> None:
+    out, ledger = damaged_copy(small_run, tmp_path, line, change)
+    text = ledger.read_text()
+    resumed = run_cli(["resume", str(out), "--quiet"])
+    assert resumed.returncode == 2 and resumed.stderr.count("\n") == 1
+    assert f"{ledger}:{line + 1}" in resumed.stderr and why in resumed.stderr
+    status = run_cli(["status", str(out)])
+    assert status.returncode == 0
+    assert any(row.startswith("damaged") and ledger.stem in row and why in row for row in status.stdout.splitlines())
+    report = build_report(out)
+    assert any(ledger.name in note and "not readable" in note for note in report.notes)
+    assert len(report.tables["status"]) >= 1  # the readable cells are still reported
+    assert ledger.read_text() == text  # readers changed nothing
+
+
+def test_a_wrong_last_record_is_torn_for_the_writer_and_reported_by_readers(small_run: tuple[Path, Path],
+                                                                            tmp_path: Path) -> None:
+    out, ledger = damaged_copy(small_run, tmp_path, -1, {"trial_id": "seven"})
+    text = ledger.read_text()
+    status = run_cli(["status", str(out)])
+    assert status.returncode == 0 and "damaged" not in status.stdout
+    report = build_report(out)
+    assert any(ledger.name in note and "torn" in note for note in report.notes)
+    assert ledger.read_text() == text and not ledger.with_name(ledger.name + ".torn").exists()
+    resumed = run_cli(["resume", str(out), "--quiet"])
+    assert resumed.returncode == 0, resumed.stderr
+    assert '"seven"' in ledger.with_name(ledger.name + ".torn").read_text()  # the writer moved it aside
+    records = [json.loads(x) for x in ledger.read_text().splitlines()]
+    assert records[-1]["type"] == "end"
+
+
+def test_an_empty_ledger_means_not_started_to_every_command(small_run: tuple[Path, Path], tmp_path: Path) -> None:
+    out = Path(shutil.copytree(small_run[1], tmp_path / "results"))
+    ledger = sorted(out.glob("*.jsonl"))[0]
+    ledger.write_text("")
+    status = run_cli(["status", str(out)])
+    assert status.returncode == 0
+    assert any(row.startswith("remaining") and ledger.stem in row for row in status.stdout.splitlines())
+    report = build_report(out)
+    assert any(ledger.name in note for note in report.notes)
+    assert run_cli(["resume", str(out), "--quiet"]).returncode == 0
+    assert json.loads(ledger.read_text().splitlines()[-1])["type"] == "end"
