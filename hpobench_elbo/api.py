@@ -117,15 +117,25 @@ def _store_suite(p: Plan, force: bool) -> None:
 
 
 def execute(p: Plan, device: str = "auto", force: bool = False, progress: bool = True) -> list[CellSummary]:
-    """Run the planned cells with the suite's executor, holding the results directory's writer lock."""
-    ctx = RunContext(out_dir=p.out_dir, device=resolve_device(device), suite_hash=p.suite.suite_hash, force=force)
+    """Run the planned cells with the suite's executor (``local``, with ``jobs`` cells at once, or
+    ``ray``), holding the results directory's writer lock: this process alone writes the ledgers."""
+    suite = p.suite
+    # on Ray each worker resolves ``auto`` where it runs; locally the driver checks the device now
+    resolved = device if suite.executor == "ray" else resolve_device(device)
+    ctx = RunContext(out_dir=p.out_dir, device=resolved, suite_hash=suite.suite_hash, force=force)
     try:
         with ResultsLock(p.out_dir):
             _store_suite(p, force)
-            if p.suite.executor == "ray":
-                from hpobench_elbo.executors.ray import run_ray  # type: ignore[import-not-found]
+            if suite.executor == "ray":
+                from hpobench_elbo.executors.ray import run_ray
 
-                return run_ray(p.cells, ctx)
+                return run_ray(p.cells, ctx, address=suite.address, max_attempts=suite.max_attempts,
+                               num_gpus_per_cell=suite.num_gpus, progress=progress)
+            if suite.jobs > 1:
+                from hpobench_elbo.executors.parallel import run_parallel
+
+                return run_parallel(p.cells, ctx, suite.jobs, progress=progress, max_attempts=suite.max_attempts,
+                                    oversubscribe=suite.oversubscribe)
             from hpobench_elbo.executors.local import run_local
 
             return run_local(p.cells, ctx, progress=progress)
@@ -139,21 +149,22 @@ def run(suite_path: str | Path, out: str | Path | None = None, device: str = "au
     return execute(plan(suite_path, out, overrides, only), device, force, progress)
 
 
-def _stored(results_dir: Path) -> tuple[Suite, dict[str, Any]]:
+def _stored(results_dir: Path, overrides: Sequence[str] = ()) -> tuple[Suite, dict[str, Any]]:
     copy = results_dir / SUITE_COPY
     if not copy.exists():
         raise UserError(f"{results_dir}: not a results directory (no {SUITE_COPY})")
     meta_path = results_dir / RUN_META
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
-    return load_suite(copy), meta
+    return load_suite(copy, overrides), meta
 
 
 def resume(results_dir: str | Path, device: str = "auto", force: bool = False, progress: bool = True,
-           only: str | None = None) -> list[CellSummary]:
+           only: str | None = None, overrides: Sequence[str] = ()) -> list[CellSummary]:
     """Continue a run from its results directory: its stored suite and the ``--only`` selection it
-    was started with (unless ``only`` is given)."""
+    was started with (unless ``only`` is given). ``overrides`` may change how cells are spread
+    (``jobs``, ``executor``, ``address``, ...), which the suite's hash does not cover."""
     results_dir = Path(results_dir)
-    suite, meta = _stored(results_dir)
+    suite, meta = _stored(results_dir, overrides)
     chosen = only if only is not None else meta.get("only")
     p = Plan(suite, select_cells(suite.cells(), chosen), results_dir, chosen)
     return execute(p, device, force, progress)

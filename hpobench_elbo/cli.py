@@ -2,7 +2,8 @@
 
     hpobench-elbo run SUITE [--out DIR] [--device auto|cpu|cuda] [--set KEY=VALUE ...]
                             [--only task=...,method=...,seed=...] [--dry-run] [--force]
-    hpobench-elbo resume DIR [--force]
+                            [--executor local|ray] [--jobs N] [--address HOST:PORT|auto] ...
+    hpobench-elbo resume DIR [--force] [--jobs N] ...
     hpobench-elbo status DIR
     hpobench-elbo report DIR [--html] [--pdf] [--png] [--log-time] [--out DIR]
     hpobench-elbo list
@@ -52,8 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dry-run", action="store_true", help="list the cells with their budgets; run nothing")
     run.add_argument("--force", action="store_true", help="continue even if the suite changed")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
+    _spread_arguments(run)
     resume = sub.add_parser("resume", help="continue an interrupted run")
     resume.add_argument("dir")
+    _spread_arguments(resume)
     resume.add_argument("--device", default="auto")
     resume.add_argument("--force", action="store_true")
     resume.add_argument("--only")
@@ -69,6 +72,27 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--log-time", action="store_true", help="log-scaled cost axes")
     sub.add_parser("list", help="tasks (scales, data sizes, search spaces) and methods")
     return parser
+
+
+SPREAD_FLAGS = {"executor": "executor", "jobs": "jobs", "address": "address", "max_attempts": "max_attempts",
+                "gpus_per_cell": "num_gpus"}
+"""Flags that choose how cells are spread (suite keys outside the suite's hash) -> suite keys."""
+
+
+def _spread_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--executor", choices=("local", "ray"), help="where cells run (default: the suite's)")
+    parser.add_argument("--jobs", type=int, help="local executor: cells at once in worker processes")
+    parser.add_argument("--address", help="ray: HOST:PORT or auto (default: start a local Ray)")
+    parser.add_argument("--max-attempts", type=int, help="parallel and ray: attempts per cell after a worker dies")
+    parser.add_argument("--gpus-per-cell", type=float, help="ray: GPUs per cell")
+    parser.add_argument("--oversubscribe", action="store_true",
+                        help="allow more threads in all than cores under the device clock (recorded in the ledgers)")
+
+
+def _spread_overrides(args: argparse.Namespace) -> list[str]:
+    """The spread flags as suite overrides (``--jobs 2`` is ``--set jobs=2``)."""
+    out = [f"{key}={getattr(args, flag)}" for flag, key in SPREAD_FLAGS.items() if getattr(args, flag) is not None]
+    return out + (["oversubscribe=true"] if args.oversubscribe else [])
 
 
 def _print_summaries(summaries: Sequence[api.CellSummary]) -> int:
@@ -91,7 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "run":
-            plan = api.plan(args.suite, args.out, args.overrides, args.only)
+            plan = api.plan(args.suite, args.out, [*args.overrides, *_spread_overrides(args)], args.only)
             if args.dry_run:
                 api.resolve_device(args.device)
                 unit = "cost units" if plan.suite.clock == "counting" else "device-seconds"
@@ -105,7 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _print_summaries(api.execute(plan, args.device, args.force, progress=not args.quiet))
         elif args.command == "resume":
             return _print_summaries(api.resume(args.dir, args.device, args.force, progress=not args.quiet,
-                                               only=args.only))
+                                               only=args.only, overrides=_spread_overrides(args)))
         elif args.command == "status":
             rows = api.status(args.dir)
             for row in rows:

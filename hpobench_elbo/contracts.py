@@ -180,6 +180,7 @@ class TrialResult:
     error: str | None = None
     stage_costs: Mapping[str, float] = field(default_factory=dict)
     intermediate: tuple[tuple[int, float], ...] = ()
+    cache_recomputed: int = 0
     artifact: Any = field(default=None, compare=False, repr=False)
 
     @property
@@ -223,6 +224,7 @@ class TrialResult:
             "error": self.error,
             "stage_costs": {k: float(v) for k, v in self.stage_costs.items()},
             **({"intermediate": [[int(s), finite(v)] for s, v in self.intermediate]} if self.intermediate else {}),
+            **({"cache_recomputed": self.cache_recomputed} if self.cache_recomputed else {}),
         }
 
     @classmethod
@@ -250,6 +252,7 @@ class TrialResult:
             error=obj.get("error"),
             stage_costs={k: float(v) for k, v in (obj.get("stage_costs") or {}).items()},
             intermediate=tuple((int(s), num(v)) for s, v in obj.get("intermediate") or ()),
+            cache_recomputed=int(obj.get("cache_recomputed", 0)),
         )
 
 

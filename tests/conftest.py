@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -95,3 +96,12 @@ def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("smoke_run") / "results"
     api.run(REPO / "suites" / "smoke.yaml", out=out, device="cpu", progress=False)
     return out
+
+
+def exec_counts(log: Path) -> Counter[tuple[str, int]]:
+    """(cell id, trial id) -> executions, from an ``HPOBENCH_ELBO_EXEC_LOG`` file."""
+    counts: Counter[tuple[str, int]] = Counter()
+    for line in log.read_text().splitlines():
+        cell, trial = line.split()
+        counts[(cell, int(trial))] += 1
+    return counts

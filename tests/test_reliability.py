@@ -167,3 +167,19 @@ def test_resume_continues_the_only_selection(tmp_path: Path) -> None:
     status = run_cli(["status", str(out)])
     assert status.stdout.strip().splitlines()[-1].startswith("1 done")
     assert read_jsonl(next(out.glob("*.jsonl")))[-1]["type"] == "end"
+
+
+class WrongLoad(DigitsMLP):
+    """A plug-in task whose load() returns the wrong type."""
+
+    name = "wrong-load"
+
+    def load(self) -> Any:
+        return {"x": [1, 2, 3]}
+
+
+def test_a_task_whose_load_returns_the_wrong_type_is_one_line(tmp_path: Path) -> None:
+    suite = write_suite(tmp_path / "s.yaml", {**BODY, "tasks": [{"name": f"{__name__}:WrongLoad", "scale": "smoke"}]})
+    proc = run_cli(["run", str(suite), "--out", str(tmp_path / "out"), "--quiet"], env=PLUGINS)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.count("\n") == 1 and "wrong-load" in proc.stderr and "load() returned dict" in proc.stderr

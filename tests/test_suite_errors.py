@@ -46,7 +46,7 @@ MALFORMED = [
     ("unknown-task-key", edit("scale: smoke}", "scale: smoke, epochs: 3}"), ["tasks[0].epochs"]),
     ("unknown-task-option", edit("scale: smoke}", "scale: smoke, options: {dropout: 0.5}}"),
      ["tasks[0].options", "dropout"]),
-    ("unknown-method", edit("  - grid", "  - hyperband"), ["methods[1]", "hyperband"]),
+    ("unknown-method", edit("  - grid", "  - bohb"), ["methods[1]", "bohb"]),
     ("unknown-method-option", edit("  - grid", "  - {name: grid, options: {bogus: 1}}"), ["methods[1]", "bogus"]),
     ("unknown-method-key", edit("  - grid", "  - {name: grid, budget: 3}"), ["methods[1].budget"]),
     ("grid-value-outside-space", edit("  - grid", "  - {name: grid, options: {values: {lr: [10.0]}}}"),

@@ -53,6 +53,7 @@ class TrialCacheStats:
     hits: int = 0
     misses: int = 0
     cost_saved: float = 0.0
+    recomputed: int = 0
     paid_keys: list[str] = field(default_factory=list)
 
 
@@ -155,11 +156,14 @@ class CacheView:
         if key in self.paid_keys and self.store.enabled:  # a disabled store has nothing to read
             with meter.unit("cache"):
                 entry = self.store.load(key)
-            if entry is not None:
+            if entry is None:  # paid for, but missing here (a new node, a deleted or damaged cache)
+                output, true_cost = self._recompute_paid(meter, compute, simulated_cost, examples, phase, key,
+                                                         description)
+            else:
                 output, true_cost = entry
-                self.stats.hits += 1
-                self.stats.cost_saved += max(0.0, true_cost - meter.last_unit_cost)
-                return StageRun(stage, output, true_cost, hit=True)
+            self.stats.hits += 1
+            self.stats.cost_saved += max(0.0, true_cost - meter.last_unit_cost)
+            return StageRun(stage, output, true_cost, hit=True)
         else:
             entry = self.store.load(key)
             if entry is not None:
@@ -181,6 +185,19 @@ class CacheView:
         self.store.store(key, output, true_cost, description)
         self._paid(key)
         return StageRun(stage, output, true_cost, hit=False)
+
+    def _recompute_paid(self, meter: BudgetMeter, compute: Callable[[], Output], simulated_cost: float | None,
+                        examples: int, phase: str, key: str, description: Mapping[str, Any]) -> tuple[Output, float]:
+        """A stage the cell already paid for whose entry is missing: recomputed uncharged (the cell is
+        charged the read, as it would have been), stored again, and counted apart (``recomputed``).
+        Its true cost is priced by the cell's clock as a computation would be, but not charged."""
+        token = meter.clock.begin()
+        output = compute()
+        priced, _ = meter.clock.end(token, phase, examples)
+        true_cost = float(simulated_cost) if simulated_cost is not None else float(priced)
+        self.stats.recomputed += 1
+        self.store.store(key, output, true_cost, description)
+        return output, true_cost
 
     def uncharged(self, *, task: str, name: str, params: Mapping[str, Any], compute: Callable[[], Output]) -> Output:
         """A shared entry that is never charged (e.g. test features): read, else computed and stored."""

@@ -6,7 +6,9 @@ per line:
 * line 1, ``{"type": "header", ...}``: ``schema``, ``suite``, ``suite_hash``, ``cell`` (task,
   scale, method, options, seed, budget, clock, refit, cache, label), ``seeds`` (the named child
   seeds), ``versions`` (python and key packages), ``git_sha``, ``device``, ``clock``, ``unit``,
-  ``threads``, ``determinism``, ``metric``, ``direction`` (of the task's test metric), ``created``;
+  ``threads`` (torch threads the cell used), ``determinism``, ``metric``, ``direction`` (of the task's
+  test metric), ``created``, ``where`` (executor, host, pid; on Ray node id and address),
+  ``oversubscribed`` (when allowed: jobs, threads, cpus);
   since version 2: ``recipe`` (the task's training recipe, ``contracts.Recipe``; null for a task
   that trains nothing), ``validation`` (the method's: ``selection``, ``hypergradient``, ``none``)
   and ``data_use`` (what data the method trained and selected on, in words).
@@ -15,7 +17,10 @@ per line:
   ``cost`` per phase, ``steps``, ``planned_steps``, ``score``, ``score_name``, ``metrics``,
   ``test``, ``trajectory``, ``cache_hits``, ``cache_misses``, ``cost_saved``, ``cache_keys``,
   ``overshoot``, ``n_train``, ``error``; since version 3 ``stage_costs``: the true cost of each
-  pipeline stage the trial computed or read, in order), plus ``recommendation`` (the trial the method would deploy
+  pipeline stage the trial computed or read, in order; ``checkpoints`` and ``intermediate`` (the
+  (step, value) pairs reported at them) when the method uses pruning; ``cache_recomputed`` when a
+  stage the cell had paid for was missing from the cache and was recomputed, charged as a read),
+  plus ``recommendation`` (the trial the method would deploy
   after this one), ``spent`` (cumulative charged cost), ``meter`` (cumulative cost per phase, so a
   resume restores the meter exactly), ``unit`` and ``time`` (ISO timestamp, informative). A refit
   row also carries ``stop_reason``.

@@ -320,7 +320,8 @@ class CellRunner:
             self.longest_trial = max(self.longest_trial, time.perf_counter() - started)
         stats = self.cache.stats
         return dataclasses.replace(result, cache_hits=stats.hits, cache_misses=stats.misses,
-                                   cost_saved=stats.cost_saved, cache_keys=tuple(stats.paid_keys))
+                                   cost_saved=stats.cost_saved, cache_keys=tuple(stats.paid_keys),
+                                   cache_recomputed=stats.recomputed)
 
     def _record(self, result: TrialResult, before: Any, **extra: Any) -> None:
         cost, overshoot = self.meter.since(before)

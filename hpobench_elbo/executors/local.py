@@ -1,4 +1,8 @@
-"""The local executor: runs a suite's cells one after another in this process, with a progress bar."""
+"""The local executor: runs a suite's cells one after another in this process, with a progress bar.
+
+``run_parallel`` (``executors/parallel.py``, re-exported here) is ``--jobs N``: N cells at once in
+worker processes, the driver alone writing the ledgers.
+"""
 
 from __future__ import annotations
 
@@ -10,20 +14,21 @@ from tqdm import tqdm
 
 from hpobench_elbo.contracts import Cell
 from hpobench_elbo.engine.cache import StageCache
-from hpobench_elbo.engine.loop import CellSummary, RunContext, run_cell
-from hpobench_elbo.engine.seeds import Seeds
-from hpobench_elbo.registry import build_cell, build_tuner
+from hpobench_elbo.engine.ledger import Ledger, LedgerLike
+from hpobench_elbo.engine.loop import CellSummary, RunContext
+from hpobench_elbo.executors.parallel import run_parallel
+from hpobench_elbo.executors.worker import run_cell_here, where_here
 
 
 def run_one(cell: Cell, ctx: RunContext, cache: StageCache,
             on_trial: Callable[[Cell, dict[str, Any]], None] | None = None) -> CellSummary:
-    """Build the cell's task and method here (one torch thread count per cell) and run it."""
-    import torch
-    import torch._dynamo  # noqa: F401  (imported lazily by the first optimizer: keep it out of trial 1)
+    """Build the cell's task and method here (one torch thread count per cell) and run it; this
+    process writes the ledger (its header records ``where``)."""
 
-    torch.set_num_threads(cell.threads)
-    task, method = build_cell(cell, ctx.device, Seeds.from_cell(cell.seed).sampler)
-    return run_cell(cell, task, method, build_tuner, ctx, cache, on_trial)
+    def open_ledger(header: dict[str, Any]) -> LedgerLike:
+        return Ledger.open(ctx.out_dir / f"{cell.cell_id}.jsonl", header, force=ctx.force)
+
+    return run_cell_here(cell, ctx, cache, open_ledger, where_here("local"), on_trial=on_trial)
 
 
 def run_local(cells: Sequence[Cell], ctx: RunContext, progress: bool = True) -> list[CellSummary]:
@@ -47,3 +52,6 @@ def run_local(cells: Sequence[Cell], ctx: RunContext, progress: bool = True) -> 
             bar.update(cell.budget - done["spent"])
             summaries.append(summary)
     return summaries
+
+
+__all__ = ["run_local", "run_one", "run_parallel"]

@@ -289,10 +289,11 @@ class ImagePipeline(PipelineTask):
     PREP = "resolution"
     SCALES = {
         "smoke": Scale(n=100, steps=50, batch_size=16, extra={"test_examples": 500}),
+        "demo": Scale(n=300, steps=50, batch_size=16, extra={"test_examples": 1000}),
         "cpu": Scale(n=1000, steps=100, batch_size=32, extra={"test_examples": None}),
         "gpu": Scale(n=None, steps=200, batch_size=128, extra={"test_examples": None}),
     }
-    ADAPT_STEPS = {"smoke": (5, 40), "cpu": (20, 400), "gpu": (100, 2000)}
+    ADAPT_STEPS = {"smoke": (5, 40), "demo": (5, 60), "cpu": (20, 400), "gpu": (100, 2000)}
 
     def __init__(self, scale: str = "smoke", device: str = "cpu", n: int | None = None, steps: int | None = None,
                  batch_size: int | None = None, dataset: str = "animal-mnist",

@@ -43,6 +43,7 @@ images also ``resolution``, ``trainable_blocks``, ``augment``, ``bn_stats``; tex
 task/scale   N      steps batch backbone                     test examples
 ============ ====== ===== ===== ============================ ==============================
 image smoke  100    30    16    32 px, top block trainable   500
+image demo   400    100   32    32 px, top block trainable   1,000
 image cpu    1000   400   32    64 px, top block trainable   all 2,000
 image gpu    all    1500  128   128 px, full fine-tuning,     all
                                 flip/shift/zoom augmentation
@@ -377,6 +378,9 @@ class ImageTransfer(TransferTask):
         "smoke": Scale(n=100, steps=30, batch_size=16,
                        extra={"resolution": 32, "trainable_blocks": 1, "augment": False, "bn_stats": "frozen",
                               "test_examples": 500}),
+        "demo": Scale(n=400, steps=100, batch_size=32,  # the README's demo: every method works as designed
+                      extra={"resolution": 32, "trainable_blocks": 1, "augment": False, "bn_stats": "frozen",
+                             "test_examples": 1000}),
         "cpu": Scale(n=1000, steps=400, batch_size=32,
                      extra={"resolution": 64, "trainable_blocks": 1, "augment": False, "bn_stats": "frozen",
                             "test_examples": None}),

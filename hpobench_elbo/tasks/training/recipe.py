@@ -36,7 +36,7 @@ class RecipeOptimizer:
     the recipe wherever momentum is positive. :meth:`step` sets every group's rate from the schedule,
     clips the total gradient norm over ``clip_params`` (default: every parameter of the groups) to
     ``recipe.clip_norm``, and steps. ``history`` keeps, per step, the scheduled rate of the first
-    group and the total gradient norm before clipping (what a test checks).
+    group and the total gradient norm before clipping (a tensor: reading it synchronises the device).
     """
 
     def __init__(self, recipe: Recipe, param_groups: Sequence[Mapping[str, Any]],
@@ -60,8 +60,8 @@ class RecipeOptimizer:
     def step(self, step: int) -> None:
         for group, base in zip(self.optimizer.param_groups, self.base_lrs):
             group["lr"] = scheduled_lr(self.recipe, base, step)
-        norm = float("nan")
-        if self.recipe.clip_norm is not None:
-            norm = float(nn.utils.clip_grad_norm_(self.clip_params, self.recipe.clip_norm))
+        norm: Any = float("nan")
+        if self.recipe.clip_norm is not None:  # the norm stays a tensor: no device synchronisation here
+            norm = nn.utils.clip_grad_norm_(self.clip_params, self.recipe.clip_norm).detach()
         self.history.append((self.optimizer.param_groups[0]["lr"], norm))
         self.optimizer.step()
