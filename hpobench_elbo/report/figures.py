@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from matplotlib.ticker import MaxNLocator
 import matplotlib
 
 matplotlib.use("Agg")
@@ -126,6 +127,8 @@ def anytime_figure(traces: pd.DataFrame, cells: pd.DataFrame, metrics: dict[str,
             ax.set_ylabel(f"test {metric}, " + ("best seen (oracle)" if oracle else "recommended model"))
             if log_time:
                 ax.set_xscale("log")
+            else:  # few ticks: small panels with long tick labels (device-hours) would overlap
+                ax.xaxis.set_major_locator(MaxNLocator(nbins=4))
         shared_legend(fig, styles, missing)
         svg = to_svg(fig)
     return Figure("oracle" if oracle else "anytime",
