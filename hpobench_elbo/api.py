@@ -180,7 +180,7 @@ def status(results_dir: str | Path) -> list[dict[str, Any]]:
     rows = []
     for cell in select_cells(suite.cells(), meta.get("only")):
         path = results_dir / f"{cell.cell_id}.jsonl"
-        state, spent, trials, problem = "remaining", 0.0, 0, None
+        state, spent, trials, problem, where = "remaining", 0.0, 0, None, ""
         if path.exists() and path.stat().st_size > 0:
             try:
                 contents = read_ledger(path)
@@ -189,9 +189,11 @@ def status(results_dir: str | Path) -> list[dict[str, Any]]:
             else:
                 trials = len(contents.rows)
                 spent = contents.rows[-1]["spent"] if contents.rows else 0.0
+                placed = contents.header.get("where") or {}
+                where = placed.get("node_ip") or placed.get("host") or ""
                 state = "done" if contents.end is not None else ("running" if active else "interrupted")
         rows.append({"cell": cell.cell_id, "state": state, "trials": trials, "spent": spent, "budget": cell.budget,
-                     "clock": cell.clock, "problem": problem})
+                     "clock": cell.clock, "problem": problem, "where": where})
     return rows
 
 

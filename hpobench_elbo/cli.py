@@ -133,8 +133,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "status":
             rows = api.status(args.dir)
             for row in rows:
+                where = f"  on {row['where']}" if row["where"] and row["state"] == "running" else ""
                 print(f"{row['state']:11s} {row['cell']}  {row['trials']} trials  "
-                      f"{row['spent']:.4g}/{row['budget']:g}" + (f"  ({row['problem']})" if row["problem"] else ""))
+                      f"{row['spent']:.4g}/{row['budget']:g}{where}" + (f"  ({row['problem']})" if row["problem"] else ""))
+            if rows:
+                unit = "cost units" if rows[0]["clock"] == "counting" else "device-seconds"
+                print(f"charged so far: {sum(r['spent'] for r in rows):.4g} {unit}")
             states = ("done", "running", "interrupted", "remaining", "damaged")
             counts = {s: sum(r["state"] == s for r in rows) for s in states}
             print(", ".join(f"{v} {k}" for k, v in counts.items() if v or k in ("done", "remaining")))

@@ -183,3 +183,18 @@ def test_a_task_whose_load_returns_the_wrong_type_is_one_line(tmp_path: Path) ->
     proc = run_cli(["run", str(suite), "--out", str(tmp_path / "out"), "--quiet"], env=PLUGINS)
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.count("\n") == 1 and "wrong-load" in proc.stderr and "load() returned dict" in proc.stderr
+
+
+def test_a_read_only_filesystem_is_exit_3_and_resume_recovers(tmp_path: Path) -> None:
+    """An injected EROFS at the ledger write (this test runs as root, which ignores a read-only
+    permission bit, and cannot remount a filesystem): one line, exit 3, nothing lost, then resume."""
+    suite = write_suite(tmp_path / "s.yaml", BODY)
+    out = tmp_path / "out"
+    env = {"HPOBENCH_ELBO_FAULT": "ledger-write:2:EROFS", "HPOBENCH_ELBO_FAULT_PATH": str(out)}
+    failed = run_cli(["run", str(suite), "--out", str(out), "--quiet"], env=env)
+    assert failed.returncode == 3, failed.stderr
+    assert failed.stderr.count("\n") == 1 and "Read-only file system" in failed.stderr and str(out) in failed.stderr
+    [before] = ledgers(out).values()
+    assert run_cli(["resume", str(out), "--quiet"]).returncode == 0
+    [after] = ledgers(out).values()
+    assert after[:len(before)] == before and after[-1]["type"] == "end"
