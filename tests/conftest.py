@@ -105,3 +105,11 @@ def exec_counts(log: Path) -> Counter[tuple[str, int]]:
         cell, trial = line.split()
         counts[(cell, int(trial))] += 1
     return counts
+
+
+def assert_only_in_flight_reran(out: Path, log: Path, in_flight: tuple[str, int]) -> None:
+    """Every recorded trial ran, nothing else ran, and only ``in_flight`` (cell, trial) ran twice."""
+    counts = exec_counts(log)
+    recorded = {(cell, r["trial_id"]) for cell, recs in ledgers(out).items() for r in recs if r["type"] == "trial"}
+    assert set(counts) == recorded  # no trial lost, nothing else ran
+    assert {k: n for k, n in counts.items() if n != 1} == {in_flight: 2}  # only the one in flight

@@ -23,7 +23,7 @@ from hpobench_elbo.executors.parallel import ParallelRun, check_oversubscription
 from hpobench_elbo.executors.worker import WORKER_FAULT_ENV
 from hpobench_elbo.suite import suite_from_mapping
 
-from conftest import SMALL_SUITE, exec_counts
+from conftest import SMALL_SUITE, assert_only_in_flight_reran
 from golden_ledgers import differences, normalised_ledgers
 
 
@@ -84,11 +84,7 @@ def test_a_killed_worker_loses_only_the_trial_in_flight(small_run, tmp_path: Pat
     assert all(len(run.driver.attempts[c.cell_id]) == 1 for c in cells if c is not victim)
     assert all(not s.reason.startswith("attempts exhausted") for s in summaries)
     same_as_sequential(reference, out, cells)
-    counts = exec_counts(log)
-    recorded = {(cid, r["trial_id"]) for cid, recs in normalised_ledgers(out).items()
-                for r in recs if r["type"] == "trial"}
-    assert set(counts) == recorded  # no trial lost, nothing else ran
-    assert {k: n for k, n in counts.items() if n != 1} == {(victim.cell_id, 1): 2}  # only the one in flight
+    assert_only_in_flight_reran(out, log, (victim.cell_id, 1))
 
 
 def test_a_cell_that_keeps_killing_its_worker_runs_out_of_attempts(tmp_path: Path, monkeypatch) -> None:

@@ -23,7 +23,7 @@ from hpobench_elbo.engine.loop import EXEC_LOG_ENV, RunContext
 from hpobench_elbo.executors.worker import WORKER_FAULT_ENV
 from hpobench_elbo.suite import suite_from_mapping
 
-from conftest import SMALL_SUITE, exec_counts
+from conftest import SMALL_SUITE, assert_only_in_flight_reran, exec_counts
 from golden_ledgers import differences, normalised_ledgers
 
 LOOPBACK = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled"}
@@ -180,8 +180,4 @@ def test_a_lost_node_costs_only_the_trial_in_flight(cluster, small_run, tmp_path
     assert attempts[0].rows == 1  # trial 0 was recorded before the node went
     assert [s.reason for s in summaries] == ["refit reserve"] * 4
     assert_same_as_sequential(reference, out, cells)
-    counts = exec_counts(log)
-    recorded = {(cid, r["trial_id"]) for cid, recs in normalised_ledgers(out).items()
-                for r in recs if r["type"] == "trial"}
-    assert set(counts) == recorded  # no trial lost, nothing else ran
-    assert {k: n for k, n in counts.items() if n != 1} == {(victim.cell_id, 1): 2}  # only the one in flight
+    assert_only_in_flight_reran(out, log, (victim.cell_id, 1))
