@@ -138,6 +138,8 @@ def real_pipeline(args: argparse.Namespace) -> None:
             per_seed.append((len(ok), acc, val[:10].min() - val.min() if len(val) else np.nan,
                              int((cell["cache_hits"] > 0).sum()), float(after["cost_method"].median())
                              if "cost_method" in after and len(after) else np.nan))
+        if not per_seed:
+            continue
         table[name] = np.nanmedian(np.array(per_seed, dtype=float), axis=0)
         c, acc, imp, hits, own = table[name]
         print(f"  {name:6s} candidates {c:5.1f}  test accuracy of the recommendation {acc:.3f}  "
