@@ -253,7 +253,6 @@ def _check_factory(factory: Any, kind: str, protocol: type, name: str) -> None:
 def _check_option_types(factory: Any, options: Mapping[str, Any], skip: int) -> None:
     """Every option's value against the type its factory declares (strict: a boolean is never a
     number, a number never a string); parameters without a resolvable annotation are not checked."""
-    target = factory.__init__ if isinstance(factory, type) else factory
     params = list(inspect.signature(factory).parameters.values())[skip:]
     module = sys.modules.get(getattr(factory, "__module__", ""), None)
     namespace = {**vars(typing), **(vars(module) if module else {})}
@@ -275,7 +274,6 @@ def _check_option_types(factory: Any, options: Mapping[str, Any], skip: int) -> 
                             f"(got {options[param.name]!r})") from None
         except Exception:  # noqa: BLE001 - a type pydantic cannot check is not checked
             continue
-    del target
 
 
 def _method_place(suite: Suite, i: int, task: TaskEntry, j: int) -> str:

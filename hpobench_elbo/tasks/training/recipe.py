@@ -35,8 +35,7 @@ class RecipeOptimizer:
     recipe's) and ``weight_decay`` (PyTorch-style, added to the gradient; default 0). Nesterov follows
     the recipe wherever momentum is positive. :meth:`step` sets every group's rate from the schedule,
     clips the total gradient norm over ``clip_params`` (default: every parameter of the groups) to
-    ``recipe.clip_norm``, and steps. ``history`` keeps, per step, the scheduled rate of the first
-    group and the total gradient norm before clipping (a tensor: reading it synchronises the device).
+    ``recipe.clip_norm``, and steps.
     """
 
     def __init__(self, recipe: Recipe, param_groups: Sequence[Mapping[str, Any]],
@@ -52,7 +51,6 @@ class RecipeOptimizer:
         self.optimizer = torch.optim.SGD(groups, lr=groups[0]["lr"])
         self.clip_params = list(clip_params) if clip_params is not None else \
             [p for g in groups for p in g["params"]]
-        self.history: list[tuple[float, float]] = []
 
     def zero_grad(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
@@ -60,8 +58,6 @@ class RecipeOptimizer:
     def step(self, step: int) -> None:
         for group, base in zip(self.optimizer.param_groups, self.base_lrs):
             group["lr"] = scheduled_lr(self.recipe, base, step)
-        norm: Any = float("nan")
-        if self.recipe.clip_norm is not None:  # the norm stays a tensor: no device synchronisation here
-            norm = nn.utils.clip_grad_norm_(self.clip_params, self.recipe.clip_norm).detach()
-        self.history.append((self.optimizer.param_groups[0]["lr"], norm))
+        if self.recipe.clip_norm is not None:  # the norm is never read: no device synchronisation here
+            nn.utils.clip_grad_norm_(self.clip_params, self.recipe.clip_norm)
         self.optimizer.step()
