@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: setup demo test smoke cpu report clean
+.PHONY: setup demo test smoke cpu reference reference-report clean
 
 $(STAMP): pyproject.toml constraints-cpu.txt
 	$(PY) -m venv $(VENV)
@@ -33,6 +33,15 @@ test: setup
 cpu: setup
 	$(BIN)/hpobench-elbo run suites/cpu.yaml --out results/cpu
 	$(BIN)/hpobench-elbo report results/cpu
+
+# The published reference comparison (hours on 2 cores; resumes; see README "Reference comparison").
+reference: setup
+	$(BIN)/hpobench-elbo run suites/reference-cpu.yaml --out reports/reference-cpu --reuse reports/elbo-vs-grid-cpu/run
+	$(MAKE) reference-report
+
+# Its HTML and PDF report and the README's summary table, from the committed ledgers alone.
+reference-report: setup
+	$(BIN)/hpobench-elbo report reports/reference-cpu --html --pdf --out reports/reference-cpu/report --readme README.md
 
 clean:
 	rm -rf results/smoke results/demo results/cpu

@@ -1,203 +1,153 @@
-"""DE-ELBo (4 runs, no validation) against L2-SP grid search with refit, under the device clock.
+"""DE-ELBo and its pruned sweep against the tied L2-SP grid and the search baselines, under one
+training recipe and one budget per task (issue 11's comparison).
 
-Runs two suites through the public API and reads everything back from the ledgers:
+Runs (or resumes) ``suites/elbo-vs-grid.yaml`` through the public API and reads everything back
+from the ledgers: ``image-transfer`` (N = 1000, 3 seeds) and ``text-transfer`` (N = 1000, 1 seed)
+at cpu scale with the scale's default trainable blocks; methods ``de-elbo`` (4-run sweep, no
+validation), ``de-elbo-pruned``, ``elbo`` (kappa = 1), the tied grid (4 learning rates x 6 shared
+strengths = 24 runs on a 20% validation split, refit on all N), ``random`` and ``asha`` (validation
+and refit); every cell of a task gets that task's budget (the suite says how it was set).
 
-* tasks: ``image-transfer`` with N = 1000 and N = 100, ``text-transfer`` (N = 1000), at ``--scale``;
-  methods: ``de-elbo``, ``elbo`` (kappa = 1) and ``grid-tied`` (learning rate x one strength shared by
-  backbone and head: 4 x 6 = 24 runs, selected on a 20% validation split, refit on all N);
-* ``image-transfer`` N = 1000 only, ``--full-grid-seeds`` seeds: ``grid-full`` (learning rate x alpha x
-  beta, 4 x 6 x 6 = 144 runs).
+It prints, per task, the tied grid's charged time on seed 0 and how its cells ended, then, as
+medians over seeds: the final test accuracy of the recommended model, the charged time, the
+time-to-target (``hpobench_elbo.report.stats``: the charged time at which the recommendation first
+comes within 1 point of the best final accuracy any method reached on that task and seed) and its
+ratio to DE-ELBo's; the goals (DE-ELBo within 1 point of the grid at no more than a third of its
+time; the pruned sweep within 0.5 points of DE-ELBo at no more than half its time) with met/missed;
+and the learned lambda, tau and sigma of every ELBo run.
 
-It prints each method's final test accuracy, device time, and from the anytime traces the device
-time each grid needs to come within 1 point of DE-ELBo's final accuracy divided by DE-ELBo's total
-device time; the spread of the grid's validation and test accuracy across the strength at its best
-learning rate (is the task sensitive to the strength at this scale?); and the learned lambda, tau
-and sigma of every run of every DE-ELBo sweep.
-
-    python benchmarks/elbo_vs_grid.py --scale cpu --seeds 3 --full-grid-seeds 2   # hours on 2 cores
-    python benchmarks/elbo_vs_grid.py --quick                                       # minutes
+    python benchmarks/elbo_vs_grid.py                      # about 2 hours on 2 cores; resumable
+    python benchmarks/elbo_vs_grid.py --no-run             # analyse what is there
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
-import yaml
 
 import hpobench_elbo as hb
-from hpobench_elbo.report.traces import cell_traces, ledger_paths
 from hpobench_elbo.engine.ledger import read_ledger
+from hpobench_elbo.report.data import read_report_data
+from hpobench_elbo.report.stats import all_traces, cell_times_to_target, final_values
+from hpobench_elbo.report.traces import ledger_paths
 
-LRS = [1e-1, 1e-2, 1e-3, 1e-4]
-STRENGTHS = [1e-2, 1e-3, 1e-4, 1e-5, 1e-6, 0.0]
-BIG_BUDGET = 1e7  # every method runs to its own end; the comparison is read off the traces
-
-
-def suites(args: argparse.Namespace) -> list[dict[str, Any]]:
-    extra = {} if args.trainable_blocks is None else {"trainable_blocks": args.trainable_blocks}
-    tasks = [{"name": "image-transfer", "scale": args.scale, "options": {"n": n, **extra}} for n in args.pool_sizes]
-    tasks.append({"name": "text-transfer", "scale": args.scale, "options": {"n": 1000}})
-    if args.quick:
-        tasks = tasks[-2:-1]
-    elif args.tasks == "image":
-        tasks = tasks[:-1]
-    elif args.tasks == "text":
-        tasks = tasks[-1:]
-    tied = {"name": "grid", "label": "grid-tied",
-            "options": {"values": {"lr": LRS, "alpha": STRENGTHS}, "tie": {"beta": "alpha"}}}
-    full = {"name": "grid", "label": "grid-full",
-            "options": {"values": {"lr": LRS, "alpha": STRENGTHS, "beta": STRENGTHS}}}
-    common = {"clock": "device", "budget": BIG_BUDGET, "refit": True, "cache": True, "threads": args.threads}
-    tag = "" if args.trainable_blocks is None else f"-top{args.trainable_blocks}"
-    out = [{**common, "name": f"elbo-vs-grid{tag}", "seeds": list(range(args.seeds)), "tasks": tasks,
-            "methods": ["de-elbo", "elbo", tied]}]
-    if args.only_full_grid:
-        out = []
-    if args.full_grid_seeds > 0 and not args.quick and args.tasks != "text":
-        out.append({**common, "name": f"elbo-vs-full-grid{tag}", "seeds": list(range(args.full_grid_seeds)),
-                    "tasks": tasks[:1], "methods": ["de-elbo", full]})
-    return out
+REPO = Path(__file__).resolve().parents[1]
+SUITE = REPO / "suites" / "elbo-vs-grid.yaml"
+OUT = REPO / "reports" / "elbo-vs-grid-cpu" / "run"
+REFERENCE, PRUNED, GRID = "de-elbo", "de-elbo-pruned", "grid-tied"
 
 
-def task_key(frame: pd.DataFrame) -> pd.Series:
-    return frame["task"] + "(N=" + frame["n_pool"].astype(str) + ")"
+def per_cell(results: Path) -> pd.DataFrame:
+    """One row per cell: final test accuracy, charged time, time-to-target, how it ended."""
+    data = read_report_data(results)
+    traces = all_traces(data)
+    cells = cell_times_to_target(final_values(data, traces), traces)
+    info = data.cells.set_index("cell_id")
+    cells["spent"] = cells["cell_id"].map(info["spent"])
+    cells["end_reason"] = cells["cell_id"].map(info["end_reason"])
+    cells["trials"] = cells["cell_id"].map(info["n_rows"])
+    return cells
 
 
-def with_pool(frame: pd.DataFrame, results: Path) -> pd.DataFrame:
-    """Add each cell's N (the task option) so N = 1000 and N = 100 are told apart."""
-    pools = {}
-    for path in ledger_paths(results):
-        header = read_ledger(path).header
-        pools[header["cell_id"]] = header["cell"]["task_options"].get("n", "all")
-    frame = frame.copy()
-    frame["n_pool"] = frame["cell_id"].map(pools)
-    frame["task_n"] = task_key(frame)
-    return frame
+def with_ratio(cells: pd.DataFrame) -> pd.DataFrame:
+    """Add each cell's time-to-target divided by DE-ELBo's on the same task and seed."""
+    ref = cells[cells["method"] == REFERENCE].set_index(["task", "seed"])["time_to_target"]
+    keys = list(zip(cells["task"], cells["seed"]))
+    return cells.assign(ttt_ratio=[t / ref.get(k, np.nan) for t, k in zip(cells["time_to_target"], keys)])
 
 
-def final_per_cell(frame: pd.DataFrame) -> pd.DataFrame:
-    traces = cell_traces(frame, "accuracy")
-    rows = []
-    for cell_id, cell in frame.groupby("cell_id"):
-        t = traces[traces["cell_id"] == cell_id].sort_values("cost")
-        rows.append({"cell_id": cell_id, "task_n": cell["task_n"].iloc[0], "method": cell["method"].iloc[0],
-                     "seed": cell["seed"].iloc[0], "final_acc": t["recommended"].iloc[-1] if len(t) else np.nan,
-                     "device_s": cell["spent"].max(), "trials": len(cell)})
-    return pd.DataFrame(rows)
+def summary(cells: pd.DataFrame) -> pd.DataFrame:
+    return cells.groupby(["task", "method"]).agg(
+        seeds=("seed", "nunique"), acc=("final", "median"), acc_min=("final", "min"), acc_max=("final", "max"),
+        charged_s=("spent", "median"), trials=("trials", "median"), ttt_s=("time_to_target", "median"),
+        ttt_vs_de_elbo=("ttt_ratio", "median"))
 
 
-def time_to_match(frame: pd.DataFrame, finals: pd.DataFrame, grid: str) -> list[float]:
-    """Per seed and task: grid's device time to reach DE-ELBo's final accuracy - 1 point / DE-ELBo's time."""
-    traces = cell_traces(frame, "accuracy")
-    traces["task_n"] = traces["cell_id"].map(dict(zip(frame["cell_id"], frame["task_n"])))
-    ratios = []
-    for (task_n, seed), ref in finals[finals["method"] == "de-elbo"].groupby(["task_n", "seed"]):
-        target = ref["final_acc"].iloc[0] - 0.01
-        g = traces[(traces["method"] == grid) & (traces["task_n"] == task_n) & (traces["seed"] == seed)]
-        if g.empty:
+def goals(table: pd.DataFrame) -> list[str]:
+    lines = []
+    for task, rows in table.groupby(level="task"):
+        rows = rows.droplevel("task")
+        if REFERENCE not in rows.index:
             continue
-        reached = g[g["recommended"] >= target].sort_values("cost")
-        ratios.append(reached["cost"].iloc[0] / ref["device_s"].iloc[0] if len(reached) else np.inf)
-    return ratios
-
-
-def strength_sensitivity(frame: pd.DataFrame) -> pd.DataFrame:
-    """Spread of validation and test accuracy across the tied strength at the grid's best learning rate."""
-    rows = []
-    grid = frame[(frame["method"] == "grid-tied") & (frame["kind"] == "trial") & (frame["status"] == "ok")]
-    for (task_n, seed), cell in grid.groupby(["task_n", "seed"]):
-        best_lr = cell.loc[cell["score"].idxmin(), "config_lr"]
-        at_lr = cell[cell["config_lr"] == best_lr]
-        rows.append({"task_n": task_n, "seed": seed, "best_lr": best_lr, "strengths": len(at_lr),
-                     "val_acc_spread_pts": 100 * (at_lr["metric_val_accuracy"].max() - at_lr["metric_val_accuracy"].min()),
-                     "test_acc_spread_pts": 100 * (at_lr["test_accuracy"].max() - at_lr["test_accuracy"].min())})
-    return pd.DataFrame(rows)
+        de = rows.loc[REFERENCE]
+        if GRID in rows.index:
+            grid = rows.loc[GRID]
+            gap, share = 100 * (de["acc"] - grid["acc"]), de["charged_s"] / grid["charged_s"]
+            met = gap >= -1.0 and share <= 1 / 3
+            lines.append(f"{task}: DE-ELBo - grid = {gap:+.2f} points (goal >= -1) at {share:.2f} of the grid's "
+                         f"charged time (goal <= 0.33): {'met' if met else 'missed'}")
+        if PRUNED in rows.index:
+            pruned = rows.loc[PRUNED]
+            gap, share = 100 * (pruned["acc"] - de["acc"]), pruned["charged_s"] / de["charged_s"]
+            met = gap >= -0.5 and share <= 0.5
+            lines.append(f"{task}: pruned - DE-ELBo = {gap:+.2f} points (goal >= -0.5) at {share:.2f} of DE-ELBo's "
+                         f"charged time (goal <= 0.5): {'met' if met else 'missed'}")
+    return lines
 
 
 def learned_values(results: Path) -> pd.DataFrame:
+    """The last lambda, tau, sigma of every ELBo run, with its objective and test accuracy."""
     rows = []
     for path in ledger_paths(results):
         contents = read_ledger(path)
         cell = contents.header["cell"]
-        if cell["method"] not in ("de-elbo", "elbo"):
+        if cell["method"] not in ("de-elbo", "elbo", "de-elbo-pruned"):
             continue
         for row in contents.rows:
             last = row["trajectory"][-1] if row["trajectory"] else {}
-            rows.append({"task": cell["task"], "N": cell["task_options"].get("n"), "method": cell["method"],
-                         "seed": cell["seed"], "lr": row["config"]["lr"], "status": row["status"],
+            rows.append({"task": cell["task"], "method": cell["method"], "seed": cell["seed"],
+                         "lr": row["config"]["lr"], "status": row["status"], "steps": row.get("steps"),
                          "lambda": last.get("lambda"), "tau": last.get("tau"), "sigma": last.get("sigma"),
                          "objective": row["score"], "test_acc": (row["test"] or {}).get("accuracy"),
-                         "chosen": row["trial_id"] == contents.end.get("recommendation") if contents.end else None})
+                         "chosen": row["trial_id"] == (contents.end or {}).get("recommendation")})
     return pd.DataFrame(rows)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--scale", default="cpu")
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--full-grid-seeds", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=OUT, help=f"results directory (default {OUT.relative_to(REPO)})")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--out", default="results/elbo-vs-grid")
-    parser.add_argument("--quick", action="store_true", help="image-transfer N=100 only, no full grid")
-    parser.add_argument("--tasks", choices=("all", "image", "text"), default="all")
-    parser.add_argument("--pool-sizes", type=int, nargs="+", default=[1000, 100], help="image-transfer N values")
-    parser.add_argument("--trainable-blocks", type=int, default=None, help="image-transfer trainable top blocks")
-    parser.add_argument("--only-full-grid", action="store_true", help="run only the 144-point grid suite")
-    parser.add_argument("--no-run", action="store_true", help="analyse existing results only")
+    parser.add_argument("--no-run", action="store_true", help="analyse the results directory only")
     args = parser.parse_args()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    frames = []
-    for suite in suites(args):
-        path = out / f"{suite['name']}.yaml"
-        path.write_text(yaml.safe_dump(suite, sort_keys=False))
-        results = out / suite["name"]
-        if not args.no_run:
-            for summary in hb.run(path, out=results, device=args.device, progress=False):
-                print(f"  {summary.cell_id}: {summary.n_trials} trials, {summary.spent:.1f} {summary.unit}", flush=True)
-        if not results.exists():
-            continue
-        frames.append(with_pool(hb.load_results(results), results))
-    wall = time.perf_counter() - started
-    frame = pd.concat(frames, ignore_index=True)
-    finals = final_per_cell(frame)
-    unit = frame["unit"].iloc[0]
-    pd.set_option("display.width", 160)
-    print(f"\n== final test accuracy of the recommended model and charged device time ({unit}), median over seeds")
-    summary = finals.groupby(["task_n", "method"]).agg(
-        seeds=("seed", "nunique"), acc_median=("final_acc", "median"), acc_min=("final_acc", "min"),
-        acc_max=("final_acc", "max"), device_s=("device_s", "median"), trials=("trials", "median"))
-    print(summary.to_string(float_format=lambda v: f"{v:.4g}"))
-    print("\n== grid device time to come within 1 point of DE-ELBo's final accuracy / DE-ELBo's total device time")
-    for grid in ("grid-tied", "grid-full"):
-        ratios = time_to_match(frame, finals, grid)
-        if ratios:
-            shown = ", ".join("never" if not np.isfinite(r) else f"{r:.2f}" for r in ratios)
-            print(f"{grid}: per task and seed [{shown}]; median {np.median(ratios):.2f}")
-    for grid in ("grid-tied", "grid-full"):
-        for task_n, g in finals[finals["method"] == grid].groupby("task_n"):
-            de = finals[(finals["method"] == "de-elbo") & (finals["task_n"] == task_n)]
-            if len(de):
-                print(f"{task_n}: DE-ELBo total device time / {grid} total = "
-                      f"{de['device_s'].median() / g['device_s'].median():.3f}; accuracy gap (DE-ELBo - grid) = "
-                      f"{100 * (de['final_acc'].median() - g['final_acc'].median()):+.2f} points")
-    print("\n== strength sensitivity: spread across the tied strength at the grid's best learning rate (points)")
-    sens = strength_sensitivity(frame)
-    print(sens.to_string(index=False, float_format=lambda v: f"{v:.3g}") if len(sens) else "(no grid-tied cells)")
-    print("\n== learned hyperparameters of every DE-ELBo / ELBo run (end of training)")
-    learned = pd.concat([learned_values(out / s["name"]) for s in suites(args) if (out / s["name"]).exists()],
-                        ignore_index=True)
+    if not args.no_run:
+        for s in hb.run(SUITE, out=args.out, device=args.device, progress=False):
+            print(f"  {s.cell_id}: {s.n_trials} trials, {s.spent:.1f} {s.unit} ({s.reason})", flush=True)
+    cells = with_ratio(per_cell(args.out))
+    unit = read_report_data(args.out).cells["unit"].iloc[0]
+    pd.set_option("display.width", 200)
+    print(f"results: {args.out}; charged times in {unit}")
+    for task, group in cells.groupby("task"):
+        grid = group[group["method"] == GRID].sort_values("seed")
+        budget = group["budget"].iloc[0]
+        if len(grid):
+            first = grid.iloc[0]
+            print(f"{task}: budget {budget:g} per cell; the tied grid on seed {first['seed']} charged "
+                  f"{first['spent']:.1f} and ended '{first['end_reason']}' ({first['trials']} rows); grid cells ended: "
+                  + ", ".join(f"s{r.seed} {r.end_reason} at {r.spent:.0f}" for r in grid.itertuples()))
+    table = summary(cells)
+    print("\n== medians over seeds: final test accuracy, charged time, time-to-target and its ratio to DE-ELBo's")
+    print(table.to_string(float_format=lambda v: f"{v:.4g}"))
+    print("\n== goals (measured, not required)")
+    for line in goals(table):
+        print(line)
+    print("\n== learned hyperparameters of every ELBo run (end of training)")
+    learned = learned_values(args.out)
     print(learned.to_string(index=False, float_format=lambda v: f"{v:.4g}") if len(learned) else "(none)")
-    print(f"\nwall time of the benchmark: {wall / 3600:.2f} h; results under {out}")
-    (out / "summary.json").write_text(json.dumps({"wall_s": wall, "unit": unit}, indent=1))
+    first, last = [], []
+    for path in ledger_paths(args.out):
+        contents = read_ledger(path)
+        first.append(contents.header["created"])
+        if contents.end:
+            last.append(contents.end["time"])
+    if first and last:
+        span = pd.Timestamp(max(last)) - pd.Timestamp(min(first))
+        print(f"\nfirst cell started {min(first)}, last ended {max(last)} ({span.total_seconds() / 3600:.2f} h, "
+              f"in parts if resumed); this invocation {time.perf_counter() - started:.0f} s")
 
 
 if __name__ == "__main__":

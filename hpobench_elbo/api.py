@@ -39,24 +39,36 @@ def resolve_device(device: str = "auto") -> str:
 
 
 def select_cells(cells: Sequence[Cell], only: str | None) -> list[Cell]:
-    """Filter cells by ``task=...,method=...,seed=...`` (each key may repeat: ``seed=0,seed=1``)."""
+    """Filter cells by ``task=...,method=...,seed=...,scale=...``: within one selection a key may
+    repeat (``seed=0,seed=1``: either) and different keys must all match; selections separated by
+    ``;`` are alternatives (``task=a;task=b,seed=0``: every cell of a, and b's seed 0)."""
     if not only:
         return list(cells)
-    wanted: dict[str, set[str]] = {}
-    for item in only.split(","):
-        key, sep, value = item.partition("=")
-        if not sep or key not in ("task", "method", "seed", "scale"):
-            raise UserError(f"--only {only!r}: expected task=..., method=..., scale=... or seed=...")
-        wanted.setdefault(key, set()).add(value)
+    selections: list[dict[str, set[str]]] = []
+    for part in only.split(";"):
+        wanted: dict[str, set[str]] = {}
+        for item in part.split(","):
+            key, sep, value = item.strip().partition("=")
+            if not sep or key not in ("task", "method", "seed", "scale"):
+                raise UserError(f"--only {only!r}: expected task=..., method=..., scale=... or seed=... "
+                                "(';' between alternative selections)")
+            wanted.setdefault(key, set()).add(value)
+        selections.append(wanted)
 
-    def keep(cell: Cell) -> bool:
+    def matches(cell: Cell, wanted: dict[str, set[str]]) -> bool:
         values = {"task": cell.task, "method": cell.label or cell.method, "seed": str(cell.seed), "scale": cell.scale}
         return all(values[k] in v or (k == "method" and cell.method in v) for k, v in wanted.items())
 
-    chosen = [c for c in cells if keep(c)]
+    chosen = [c for c in cells if any(matches(c, wanted) for wanted in selections)]
     if not chosen:
         raise UserError(f"--only {only!r} matches no cell of the suite")
     return chosen
+
+
+def run_order(cells: Sequence[Cell]) -> list[Cell]:
+    """The order cells are started in: seed by seed (every task and method of the first seed, then
+    the next), suite order within a seed, so a run stopped part way holds whole seeds to compare."""
+    return sorted(cells, key=lambda cell: cell.seed)
 
 
 @dataclass(frozen=True)
@@ -71,7 +83,7 @@ def plan(suite_path: str | Path, out: str | Path | None = None, overrides: Seque
          only: str | None = None) -> Plan:
     suite = load_suite(suite_path, overrides)
     out_dir = Path(out or suite.output or f"results/{suite.name}")
-    return Plan(suite, select_cells(suite.cells(), only), out_dir, only)
+    return Plan(suite, run_order(select_cells(suite.cells(), only)), out_dir, only)
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -116,9 +128,39 @@ def _store_suite(p: Plan, force: bool) -> None:
     _write_text(meta, json.dumps({"suite_hash": suite.suite_hash, "name": suite.name, "only": p.only}))
 
 
-def execute(p: Plan, device: str = "auto", force: bool = False, progress: bool = True) -> list[CellSummary]:
+def reuse_finished(cells: Sequence[Cell], out_dir: Path, source: str | Path) -> list[str]:
+    """Copy into ``out_dir`` every ledger of ``source`` that is a *finished* run of one of ``cells``
+    and that ``out_dir`` does not hold yet; return the cell ids taken.
+
+    A cell id is the hash of the cell's whole definition (task, scale, options, method, options,
+    label, seed, budget, clock, refit, cache), so a finished ledger with that id is that cell's
+    result wherever it was run. Unfinished, torn or damaged ledgers are not taken (the cell runs
+    here); nothing in ``source`` changes. Called under ``out_dir``'s writer lock."""
+    source = Path(source)
+    if not source.is_dir():
+        raise UserError(f"--reuse {source}: not a directory")
+    taken = []
+    for cell in cells:
+        mine, theirs = out_dir / f"{cell.cell_id}.jsonl", source / f"{cell.cell_id}.jsonl"
+        if mine.exists() or not theirs.exists():
+            continue
+        try:
+            contents = read_ledger(theirs)
+        except (LedgerError, UnicodeDecodeError, KeyError, TypeError):
+            continue
+        if contents.end is None or contents.torn is not None or contents.header.get("cell_id") != cell.cell_id:
+            continue
+        _write_text(mine, theirs.read_text())
+        taken.append(cell.cell_id)
+    return taken
+
+
+def execute(p: Plan, device: str = "auto", force: bool = False, progress: bool = True,
+            reuse: str | Path | None = None) -> list[CellSummary]:
     """Run the planned cells with the suite's executor (``local``, with ``jobs`` cells at once, or
-    ``ray``), holding the results directory's writer lock: this process alone writes the ledgers."""
+    ``ray``), holding the results directory's writer lock: this process alone writes the ledgers.
+    ``reuse``: a results directory whose finished runs of planned cells are taken, not rerun
+    (``reuse_finished``)."""
     suite = p.suite
     # on Ray each worker resolves ``auto`` where it runs; locally the driver checks the device now
     resolved = device if suite.executor == "ray" else resolve_device(device)
@@ -126,6 +168,10 @@ def execute(p: Plan, device: str = "auto", force: bool = False, progress: bool =
     try:
         with ResultsLock(p.out_dir):
             _store_suite(p, force)
+            if reuse is not None:
+                taken = reuse_finished(p.cells, p.out_dir, reuse)
+                if taken and progress:
+                    print(f"hpobench-elbo: {len(taken)} finished cell(s) taken from {reuse}", file=sys.stderr)
             if suite.executor == "ray":
                 from hpobench_elbo.executors.ray import run_ray
 
@@ -144,9 +190,11 @@ def execute(p: Plan, device: str = "auto", force: bool = False, progress: bool =
 
 
 def run(suite_path: str | Path, out: str | Path | None = None, device: str = "auto", overrides: Sequence[str] = (),
-        only: str | None = None, force: bool = False, progress: bool = True) -> list[CellSummary]:
-    """Run a suite file (cells already finished in ``out`` are kept; interrupted ones resume)."""
-    return execute(plan(suite_path, out, overrides, only), device, force, progress)
+        only: str | None = None, force: bool = False, progress: bool = True,
+        reuse: str | Path | None = None) -> list[CellSummary]:
+    """Run a suite file (cells already finished in ``out`` are kept; interrupted ones resume;
+    finished runs of its cells in the results directory ``reuse`` are taken, not rerun)."""
+    return execute(plan(suite_path, out, overrides, only), device, force, progress, reuse)
 
 
 def _stored(results_dir: Path, overrides: Sequence[str] = ()) -> tuple[Suite, dict[str, Any]]:
@@ -166,7 +214,7 @@ def resume(results_dir: str | Path, device: str = "auto", force: bool = False, p
     results_dir = Path(results_dir)
     suite, meta = _stored(results_dir, overrides)
     chosen = only if only is not None else meta.get("only")
-    p = Plan(suite, select_cells(suite.cells(), chosen), results_dir, chosen)
+    p = Plan(suite, run_order(select_cells(suite.cells(), chosen)), results_dir, chosen)
     return execute(p, device, force, progress)
 
 

@@ -1,11 +1,11 @@
 """The command line: a thin layer over ``hpobench_elbo.api``.
 
     hpobench-elbo run SUITE [--out DIR] [--device auto|cpu|cuda] [--set KEY=VALUE ...]
-                            [--only task=...,method=...,seed=...] [--dry-run] [--force]
+                            [--only task=...,method=...,seed=...] [--reuse DIR] [--dry-run] [--force]
                             [--executor local|ray] [--jobs N] [--address HOST:PORT|auto] ...
     hpobench-elbo resume DIR [--force] [--jobs N] ...
     hpobench-elbo status DIR
-    hpobench-elbo report DIR [--html] [--pdf] [--png] [--log-time] [--out DIR]
+    hpobench-elbo report DIR [--html] [--pdf] [--png] [--log-time] [--readme FILE] [--out DIR]
     hpobench-elbo list
 
 Exit codes: 0 done; 2 bad input or another writer; 3 environment failure (disk full, read-only,
@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import sys
 import warnings
+from pathlib import Path
 from collections.abc import Sequence
 
 from hpobench_elbo import api
@@ -49,7 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a suite key, e.g. --set budget=30 --set tasks.0.scale=cpu")
-    run.add_argument("--only", help="run a subset: task=...,method=...,seed=...")
+    run.add_argument("--only", help="run a subset: task=...,method=...,seed=... (';' between alternatives: "
+                                    "'task=a;task=b,seed=0')")
+    run.add_argument("--reuse", metavar="DIR", help="take finished runs of this suite's cells from another "
+                                                    "results directory instead of rerunning them")
     run.add_argument("--dry-run", action="store_true", help="list the cells with their budgets; run nothing")
     run.add_argument("--force", action="store_true", help="continue even if the suite changed")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -70,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--pdf", action="store_true", help="the same report as PDF (WeasyPrint)")
     report.add_argument("--png", action="store_true", help="also the anytime PNG and CSV table per metric")
     report.add_argument("--log-time", action="store_true", help="log-scaled cost axes")
+    report.add_argument("--readme", metavar="FILE", help="also write the summary table (final metric, "
+                                                         "time-to-target, speedup vs grid) into FILE's marked block")
     sub.add_parser("list", help="tasks (scales, data sizes, search spaces) and methods")
     return parser
 
@@ -126,7 +132,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"{len(plan.cells)} cells -> {plan.out_dir}; estimated charged cost at most "
                       f"{total:g} {unit} plus overshoot (each cell runs to its budget or its method's end)")
                 return 0
-            return _print_summaries(api.execute(plan, args.device, args.force, progress=not args.quiet))
+            return _print_summaries(api.execute(plan, args.device, args.force, progress=not args.quiet,
+                                                reuse=args.reuse))
         elif args.command == "resume":
             return _print_summaries(api.resume(args.dir, args.device, args.force, progress=not args.quiet,
                                                only=args.only, overrides=_spread_overrides(args)))
@@ -145,7 +152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "report":
             from hpobench_elbo.report.html import write_html_report
 
-            html = args.html or not (args.pdf or args.png)
+            html = args.html or not (args.pdf or args.png or args.readme)
             paths = write_html_report(args.dir, args.out, html=html, pdf=args.pdf, log_time=args.log_time) \
                 if (html or args.pdf) else []
             if args.png:
@@ -153,6 +160,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
                 files = write_report(args.dir, args.out)
                 paths = [*paths, *files.plots, *files.tables]
+            if args.readme:
+                from hpobench_elbo.report.summary import write_summary
+
+                write_summary(args.readme, args.dir, source=args.dir)
+                paths = [*paths, Path(args.readme)]
             for path in paths:
                 print(path)
         elif args.command == "list":

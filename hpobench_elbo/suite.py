@@ -71,14 +71,28 @@ class MethodEntry(_Strict):
         return self.label or self.name
 
 
+def _distinct(seeds: list[int]) -> list[int]:
+    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+    if repeated:
+        raise ValueError(f"seed {repeated[0]} is listed twice")
+    return seeds
+
+
 class TaskEntry(_Strict):
-    """A task of the suite; ``methods`` (optional) replaces the suite's method list for this task."""
+    """A task of the suite; ``methods`` and ``seeds`` (optional) replace the suite's method list and
+    seeds for this task (a costly task may run fewer seeds)."""
 
     name: StrictStr
     scale: StrictStr = "smoke"
     options: dict[str, Any] = Field(default_factory=dict)
     budget: Budget | None = None
     methods: list[MethodEntry] | None = Field(default=None, min_length=1)
+    seeds: list[Annotated[StrictInt, Field(ge=0, lt=2**32)]] | None = Field(default=None, min_length=1)
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, seeds: list[int] | None) -> list[int] | None:
+        return None if seeds is None else _distinct(seeds)
 
     @model_validator(mode="before")
     @classmethod
@@ -127,10 +141,7 @@ class Suite(_Strict):
     @field_validator("seeds")
     @classmethod
     def _distinct_seeds(cls, seeds: list[int]) -> list[int]:
-        repeated = sorted({s for s in seeds if seeds.count(s) > 1})
-        if repeated:
-            raise ValueError(f"seed {repeated[0]} is listed twice")
-        return seeds
+        return _distinct(seeds)
 
     @model_validator(mode="after")
     def _every_task_has_methods(self) -> Suite:
@@ -153,14 +164,15 @@ class Suite(_Strict):
             if key in body and body[key] == default:
                 del body[key]
         for task in body["tasks"]:  # a key added later: absent from the hash when unused
-            if task.get("methods") is None:
-                task.pop("methods", None)
+            for key in ("methods", "seeds"):
+                if task.get(key) is None:
+                    task.pop(key, None)
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
 
     def cells(self) -> list[Cell]:
         cells = []
         for _, task, _, method in self.pairs():
-            for seed in self.seeds:
+            for seed in task.seeds if task.seeds is not None else self.seeds:
                 definition = {
                     "task": task.name, "scale": task.scale, "task_options": task.options,
                     "method": method.name, "method_options": method.options, "label": method.display,

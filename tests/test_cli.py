@@ -9,11 +9,12 @@ import pandas as pd
 import pytest
 
 from hpobench_elbo import api, cli
+from hpobench_elbo.engine.ledger import read_ledger
 from hpobench_elbo.engine.lock import ResultsLock
 from hpobench_elbo.registry import METHODS, TASKS
 from hpobench_elbo.suite import load_suite
 
-from conftest import REPO
+from conftest import REPO, SMALL_SUITE, write_suite
 
 
 def blocks(text: str) -> dict[str, str]:
@@ -66,6 +67,13 @@ def test_dry_run_lists_cells_and_runs_nothing(small_run: tuple[Path, Path], tmp_
     assert cli.main(["run", str(suite), "--out", str(out), "--dry-run", "--only", "method=grid,seed=1"]) == 0
     only = capsys.readouterr().out.splitlines()
     assert len(only) == 2 and "--grid--s1--" in only[0] and only[1].startswith("1 cells")
+    # ';' separates alternative selections; cells start seed by seed
+    assert cli.main(["run", str(suite), "--out", str(out), "--dry-run", "--only", "method=grid;method=random,seed=0"]) == 0
+    alternatives = capsys.readouterr().out.splitlines()
+    chosen = [c for c in cells if c.method == "grid" or (c.method == "random" and c.seed == 0)]
+    assert [line.split()[0] for line in alternatives[:-1]] == [c.cell_id for c in chosen] and len(chosen) == 3
+    assert [c.seed for c in cells] == sorted(c.seed for c in cells)
+    assert cli.main(["run", str(suite), "--out", str(out), "--dry-run", "--only", "method=grid;colour=red"]) == 2
 
 
 def test_status_reports_done_running_remaining(small_run: tuple[Path, Path], tmp_path: Path,
@@ -130,3 +138,27 @@ def test_report_writes_html_by_default_and_pdf_on_request(small_run: tuple[Path,
     written = [Path(p) for p in capsys.readouterr().out.split()]
     assert sorted(p.name for p in written) == ["report.html", "report.pdf"]
     assert written[-1].read_bytes()[:5] == b"%PDF-" or written[0].read_bytes()[:5] == b"%PDF-"
+
+
+def test_reuse_takes_finished_cells_of_another_directory_and_reruns_the_rest(
+        small_run: tuple[Path, Path], tmp_path: Path) -> None:
+    first_suite, source = small_run
+    other = Path(shutil.copytree(source, tmp_path / "other"))
+    # another suite (another name, hence another suite hash) holding the same cells
+    suite = write_suite(tmp_path / "renamed.yaml", {**SMALL_SUITE, "name": "renamed"})
+    assert load_suite(suite).suite_hash != load_suite(first_suite).suite_hash
+    cells = api.plan(suite, other).cells
+    assert [c.cell_id for c in cells] == [c.cell_id for c in api.plan(first_suite, other).cells]
+    unfinished = other / f"{cells[0].cell_id}.jsonl"
+    lines = unfinished.read_text().splitlines(keepends=True)
+    assert '"type": "end"' in lines[-1]
+    unfinished.write_text("".join(lines[:-2]))  # no end record: that run is not taken
+    out = tmp_path / "results"
+    assert cli.main(["run", str(suite), "--out", str(out), "--quiet", "--reuse", str(other)]) == 0
+    for cell in cells[1:]:  # taken byte for byte
+        assert (out / f"{cell.cell_id}.jsonl").read_text() == (source / f"{cell.cell_id}.jsonl").read_text()
+    rerun, original = read_ledger(out / unfinished.name), read_ledger(source / unfinished.name)
+    assert rerun.end is not None and rerun.header["created"] != original.header["created"]  # run here, not copied
+    assert [(r["config"], r["score"]) for r in rerun.rows] == [(r["config"], r["score"]) for r in original.rows]
+    assert unfinished.read_text() == "".join(lines[:-2])  # the source is not changed
+    assert cli.main(["run", str(suite), "--out", str(tmp_path / "x"), "--reuse", str(tmp_path / "none")]) == 2

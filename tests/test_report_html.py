@@ -21,6 +21,8 @@ from PIL import Image
 
 from conftest import SMALL_SUITE, write_suite
 from hpobench_elbo.errors import UserError
+from hpobench_elbo.report import stats
+from hpobench_elbo.report.figures import cd_figure, method_styles, rank_figure
 from hpobench_elbo.report.html import Report, build_report, fmt, write_html_report
 from hpobench_elbo.report.traces import load_results
 
@@ -161,6 +163,61 @@ def test_axes_name_the_unit_and_captions_exist(report: Report) -> None:
     assert report.question.startswith("For the same charged cost (cost units)")
     for figure in [*report.figures.values(), *report.trajectories]:
         assert len(figure.caption.split(". ")) >= 2, figure.key
+
+
+def grouped_finals() -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Hand-made finals and traces: task a ran grid, random and solo (2 seeds); b (3 seeds) and c (1)
+    ran only grid and random. Each cell has one trace point, at half its budget, at its final value."""
+    finals = {("a", 0): {"grid": 0.5, "random": 0.6, "solo": 0.7},
+              ("a", 1): {"grid": 0.5, "random": 0.7, "solo": 0.6},
+              ("b", 0): {"grid": 0.9, "random": 0.8}, ("b", 1): {"grid": 0.7, "random": 0.8},
+              ("b", 2): {"grid": 0.6, "random": 0.8}, ("c", 0): {"grid": 0.1, "random": 0.2}}
+    rows = [{"cell_id": f"{task}--{method}--s{seed}", "task": task, "method": method, "method_name": method,
+             "seed": seed, "budget": 2.0, "unit": "cost", "metric": "accuracy", "direction": "max", "final": value}
+            for (task, seed), values in finals.items() for method, value in values.items()]
+    frame = pd.DataFrame(rows).sort_values(["task", "method", "seed"], ignore_index=True)
+    traces = frame[["cell_id", "task", "method", "seed", "unit"]].assign(
+        scale="smoke", cost=1.0, recommended=frame["final"], oracle=frame["final"], trial_id=0)
+    return frame, traces
+
+
+def test_ranks_and_tests_are_computed_per_group_of_tasks_with_the_same_methods() -> None:
+    finals, traces = grouped_finals()
+    groups = stats.method_groups(finals)
+    assert groups == [stats.MethodGroup(("b", "c"), ("grid", "random"), 4),  # most blocks first
+                      stats.MethodGroup(("a",), ("grid", "random", "solo"), 2)]
+
+    curves = stats.grouped_rank_curves(finals, traces, groups)
+    assert [g for g, _ in curves] == groups
+    at_end = [c[c["fraction"] == 1.0].set_index("method")["mean_rank"].to_dict() for _, c in curves]
+    assert at_end[0] == pytest.approx({"grid": 1.75, "random": 1.25})  # ranks out of 2, over b and c only
+    assert at_end[1] == pytest.approx({"grid": 3.0, "random": 1.5, "solo": 1.5})  # out of 3, on a only
+    assert "solo" not in set(curves[0][1]["method"])  # a method ranks only in the group that ran it
+    before = curves[1][1][curves[1][1]["fraction"] < 0.5]
+    assert (before["mean_rank"] == 2.0).all()  # no recommendation yet: all tied
+
+    friedman = stats.grouped_friedman(finals, groups)
+    assert [g for g, _ in friedman] == groups
+    (_, two), (_, three) = friedman
+    assert two.n_blocks == 4 and two.mean_ranks == pytest.approx({"grid": 1.75, "random": 1.25})
+    assert not np.isfinite(two.critical_difference) and "3 methods" in two.note  # two methods: no test
+    assert three.n_blocks == 2 and three.methods == ["grid", "random", "solo"]
+    assert three.mean_ranks == pytest.approx({"grid": 3.0, "random": 1.5, "solo": 1.5})
+    assert np.isfinite(three.statistic) and np.isfinite(three.critical_difference)
+    single = stats.grouped_friedman(groups[1].select(finals))  # one group: the plain test on the same finals
+    assert single[0][1].mean_ranks == stats.friedman_nemenyi(groups[1].select(finals)).mean_ranks
+
+    styles = method_styles(["grid", "random", "solo"])
+    figure = rank_figure(curves, styles)
+    assert sorted(figure.data) == ["ranks", "ranks-2"]  # one panel per group, the first keyed as with one group
+    assert sorted(figure.data["ranks"]) == ["grid", "random"]
+    assert sorted(figure.data["ranks-2"]) == ["grid", "random", "solo"]
+    assert figure.data["ranks-2"]["solo"]["y"][-1] == pytest.approx(1.5)
+    ids = re.findall(r'<g id="ranks--([^"]+)"', figure.svg)
+    assert sorted(ids) == ["1--grid", "1--random", "2--grid", "2--random", "2--solo"]
+    assert "best of 2" in figure.svg and "best of 3" in figure.svg
+    cd = cd_figure(three, styles, "cd-2", groups[1].tasks)
+    assert cd.key == "cd-2" and cd.title.endswith(": a") and sorted(cd.data["cd"]) == ["grid", "random", "solo"]
 
 
 # --- rendered files ----------------------------------------------------------------------------------------

@@ -37,3 +37,17 @@ def test_an_inapplicable_pair_is_refused_at_load_naming_both(suite_file: Callabl
 def test_a_task_without_methods_is_refused(suite_file: Callable[..., Path]) -> None:
     with pytest.raises(SuiteError, match="has no methods"):
         load_suite(suite_file({**BASE, "tasks": ["digits-mlp"]}))
+
+
+def test_a_task_may_run_its_own_seeds_without_changing_older_hashes(suite_file: Callable[..., Path]) -> None:
+    plain = {**BASE, "seeds": [0, 1, 2], "methods": ["random"], "tasks": ["digits-mlp", "synthetic-pipeline"]}
+    own = {**plain, "tasks": ["digits-mlp", {"name": "synthetic-pipeline", "seeds": [0, 1]}]}
+    cells = load_suite(suite_file(own)).cells()
+    assert sorted((c.task, c.seed) for c in cells) == sorted(
+        [("digits-mlp", s) for s in (0, 1, 2)] + [("synthetic-pipeline", s) for s in (0, 1)])
+    # absent per-task seeds leave the suite hash as it was before the key existed
+    assert load_suite(suite_file(plain)).suite_hash != load_suite(suite_file(own)).suite_hash
+    explicit_none = {**plain, "tasks": ["digits-mlp", {"name": "synthetic-pipeline", "seeds": None}]}
+    assert load_suite(suite_file(explicit_none)).suite_hash == load_suite(suite_file(plain)).suite_hash
+    with pytest.raises(SuiteError, match="listed twice"):
+        load_suite(suite_file({**plain, "tasks": [{"name": "digits-mlp", "seeds": [1, 1]}]}))

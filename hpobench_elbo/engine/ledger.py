@@ -248,7 +248,9 @@ class Ledger:
     def open(cls, path: str | Path, header: Mapping[str, Any], force: bool = False) -> Ledger:
         """Open for appending; create with ``header`` or check an existing file against it.
 
-        An existing ledger whose ``suite_hash`` or cell differs is refused unless ``force``.
+        An existing ledger of another cell is refused; one whose ``suite_hash`` differs is refused
+        unless ``force`` or it is finished (it has its end record: nothing will be appended, and a
+        cell is its definition, so a finished run taken from another suite, ``--reuse``, is kept).
         """
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -274,7 +276,7 @@ class Ledger:
         existing = contents.header
         if existing.get("cell") != header.get("cell"):
             raise LedgerError(f"{path}: ledger belongs to another cell; use another output directory")
-        if existing.get("suite_hash") != header.get("suite_hash") and not force:
+        if existing.get("suite_hash") != header.get("suite_hash") and not force and contents.end is None:
             raise LedgerError(
                 f"{path}: the suite changed since this run started "
                 f"({existing.get('suite_hash')} -> {header.get('suite_hash')}); resume with --force to continue anyway"

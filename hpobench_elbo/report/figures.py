@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import math
 import re
+import textwrap
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,7 +24,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from hpobench_elbo.report.plots import display_unit, x_axis  # noqa: E402
-from hpobench_elbo.report.stats import FriedmanResult  # noqa: E402
+from hpobench_elbo.report.stats import FriedmanResult, MethodGroup  # noqa: E402
 from hpobench_elbo.report.traces import aggregate  # noqa: E402
 
 # Okabe & Ito (2008), reordered so that the weakest colour on white (yellow) comes last.
@@ -161,35 +162,68 @@ def anytime_caption(oracle: bool, log_time: bool) -> str:
 
 # --- ranks over the budget -------------------------------------------------------------------------------
 
-def rank_figure(curves: pd.DataFrame, styles: dict[str, dict[str, Any]], n_blocks: int) -> Figure:
-    """Mean rank (1 = best) of each method over tasks x seeds against the fraction of budget used."""
-    data: dict[str, Series] = {}
+def group_key(prefix: str, index: int) -> str:
+    """The key of group ``index`` (0-based) of ``stats.method_groups``: ``prefix`` for the first,
+    ``prefix-2``, ``prefix-3`` ... for the others (figure keys ``cd``, ``cd-2``; rank panels)."""
+    return prefix if index == 0 else f"{prefix}-{index + 1}"
+
+
+def rank_figure(groups: list[tuple[MethodGroup, pd.DataFrame]], styles: dict[str, dict[str, Any]]) -> Figure:
+    """Mean rank (1 = best) of each method over tasks x seeds against the fraction of budget used,
+    one panel per group of tasks that ran the same methods (``stats.grouped_rank_curves``).
+
+    ``data`` has one entry per panel, keyed ``group_key("ranks", i)`` (``ranks`` for the first
+    group, ``ranks-2`` ... for the others), each method -> its curve. A line's SVG id is
+    ``ranks--<method>`` with one group and ``ranks--<i>--<method>`` (i from 1) with several.
+    """
+    data: dict[str, dict[str, Series]] = {}
+    several = len(groups) > 1
     with plt.rc_context(STYLE):
-        fig, (ax,) = panel_grid(1, row_height=2.8)
-        for method, group in curves.groupby("method", sort=True):
-            line, = ax.plot(group["fraction"], group["mean_rank"], drawstyle="steps-post", lw=1.6, **styles[method])
-            line.set_gid(f"ranks--{slug(method)}")
-            ax.plot(group["fraction"].iloc[-1:], group["mean_rank"].iloc[-1:], "o", ms=4, clip_on=False,
-                    color=styles[method]["color"])  # the rank at the full budget, as in the CD diagram
-            data[method] = series(group["fraction"], group["mean_rank"])
-        k = max(len(styles), 1)
-        ax.set_ylim(k + 0.3, 0.7)
-        ax.set_xlim(0, 1)
-        ax.set_xlabel("fraction of the budget used (charged cost / budget)")
-        ax.set_ylabel(f"mean rank (1 = best of {k})")
+        fig, axes = panel_grid(max(len(groups), 1), row_height=2.8)
+        for i, (ax, (group, curves)) in enumerate(zip(axes, groups)):
+            panel = data.setdefault(group_key("ranks", i), {})
+            for method, part in curves.groupby("method", sort=True):
+                line, = ax.plot(part["fraction"], part["mean_rank"], drawstyle="steps-post", lw=1.6,
+                                **styles[method])
+                line.set_gid(f"ranks--{i + 1}--{slug(method)}" if several else f"ranks--{slug(method)}")
+                ax.plot(part["fraction"].iloc[-1:], part["mean_rank"].iloc[-1:], "o", ms=4, clip_on=False,
+                        color=styles[method]["color"])  # the rank at the full budget, as in the CD diagram
+                panel[method] = series(part["fraction"], part["mean_rank"])
+            k = max(len(group.methods), 1)
+            ax.set_title("\n".join(textwrap.wrap(group.label, 60 if not several else 45)))
+            ax.set_ylim(k + 0.3, 0.7)
+            ax.set_xlim(0, 1)
+            ax.set_xlabel("fraction of the budget used (charged cost / budget)")
+            ax.set_ylabel(f"mean rank (1 = best of {k})")
         shared_legend(fig, styles)
         svg = to_svg(fig)
-    caption = (f"At each fraction of the budget, the methods are ranked on every task and seed ({n_blocks} "
-               "blocks) by the test metric of their recommended model, and the ranks are averaged; lower is "
-               "better. A method with no completed trial yet ranks last (ties share the average rank); the "
-               "dots at 1.0 are the ranks at the full budget, any recorded overshoot included.")
-    return Figure("ranks", "Mean rank against the fraction of budget", svg, caption, {"ranks": data})
+    return Figure("ranks", "Mean rank against the fraction of budget", svg, rank_caption(groups), data)
+
+
+def rank_caption(groups: list[tuple[MethodGroup, pd.DataFrame]]) -> str:
+    common = ("lower is better. A method with no completed trial yet ranks last (ties share the average "
+              "rank); the dots at 1.0 are the ranks at the full budget, any recorded overshoot included.")
+    if len(groups) <= 1:
+        n_blocks = groups[0][0].n_blocks if groups else 0
+        return (f"At each fraction of the budget, the methods are ranked on every task and seed ({n_blocks} "
+                "blocks) by the test metric of their recommended model, and the ranks are averaged; " + common)
+    blocks = ", ".join(str(group.n_blocks) for group, _ in groups)
+    return ("One panel per group of tasks that ran the same methods (its title names the tasks): at each "
+            "fraction of the budget, the group's methods are ranked on every task and seed of the group "
+            f"(blocks per panel, in order: {blocks}) by the test metric of their recommended model, and the "
+            "ranks are averaged within the panel, never across panels; " + common)
 
 
 # --- critical-difference diagram ----------------------------------------------------------------------------
 
-def cd_figure(result: FriedmanResult, styles: dict[str, dict[str, Any]]) -> Figure:
-    """Demšar's critical-difference diagram: mean ranks on one axis, bars join methods not apart."""
+def cd_figure(result: FriedmanResult, styles: dict[str, dict[str, Any]], key: str = "cd",
+              tasks: tuple[str, ...] = ()) -> Figure:
+    """Demšar's critical-difference diagram: mean ranks on one axis, bars join methods not apart.
+
+    One diagram for one ``FriedmanResult`` (one group of tasks, ``stats.grouped_friedman``); the
+    report keys them ``cd``, ``cd-2`` ... (``group_key``). ``tasks``, when given, are named in the
+    title. ``data`` is ``{"cd": method -> mean rank}``.
+    """
     ranks = {m: r for m, r in result.mean_ranks.items() if np.isfinite(r)}
     k = max(len(result.methods), 2)
     ordered = sorted(ranks, key=ranks.get)
@@ -223,7 +257,8 @@ def cd_figure(result: FriedmanResult, styles: dict[str, dict[str, Any]]) -> Figu
         fig.tight_layout()
         svg = to_svg(fig)
     data = {"cd": {m: {"x": [ranks[m]], "y": [0.0]} for m in ordered}}
-    return Figure("cd", "Critical-difference diagram", svg, cd_caption(result), data)
+    title = "Critical-difference diagram" + (f": {', '.join(tasks)}" if tasks else "")
+    return Figure(key, title, svg, cd_caption(result), data)
 
 
 def cd_caption(result: FriedmanResult) -> str:

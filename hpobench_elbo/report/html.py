@@ -23,7 +23,7 @@ import pandas as pd
 
 from hpobench_elbo.report import stats
 from hpobench_elbo.report.data import ReportData, read_report_data
-from hpobench_elbo.report.figures import (Figure, anytime_figure, cd_figure, method_styles, rank_figure,
+from hpobench_elbo.report.figures import (Figure, anytime_figure, cd_figure, group_key, method_styles, rank_figure,
                                           trajectory_figures)
 from hpobench_elbo.report.pdf import write_pdf
 from hpobench_elbo.report.plots import display_unit
@@ -34,7 +34,12 @@ RULE_HEADING = "The budget rule, written once:"
 
 @dataclass(frozen=True)
 class Report:
-    """Everything a report shows: text, tables (frames of raw numbers) and figures."""
+    """Everything a report shows: text, tables (frames of raw numbers) and figures.
+
+    ``friedman`` has one (group, result) pair per group of tasks that ran the same methods
+    (``stats.method_groups`` order: most blocks first); the CD diagram of the i-th (0-based) is
+    ``figures[group_key("cd", i)]``: ``cd``, ``cd-2`` ... ``figures["ranks"]`` has one panel per group.
+    """
 
     data: ReportData
     question: str
@@ -43,7 +48,7 @@ class Report:
     figures: dict[str, Figure]
     trajectories: list[Figure]
     tables: dict[str, pd.DataFrame]
-    friedman: stats.FriedmanResult
+    friedman: list[tuple[stats.MethodGroup, stats.FriedmanResult]]
     reference: str | None
     provenance: dict[str, Any]
 
@@ -75,23 +80,26 @@ def build_report(results_dir: str | Path, log_time: bool = False) -> Report:
     metrics = stats.task_metrics(data)
     traces = stats.all_traces(data)
     finals = stats.final_values(data, traces)
-    reference = stats.grid_reference(data.cells)
+    references = stats.grid_references(data.cells)
+    reference = stats.reference_label(references)
     styles = method_styles(sorted(data.cells["method"].unique()))
-    friedman = stats.friedman_nemenyi(finals)
-    rank_curves = stats.mean_rank_curves(finals, traces)
+    groups = stats.method_groups(finals)
+    friedman = stats.grouped_friedman(finals, groups)
+    rank_curves = stats.grouped_rank_curves(finals, traces, groups)
     tables = {
         "final": stats.final_table(finals),
-        "time_to_target": stats.time_to_target_table(stats.cell_times_to_target(finals, traces), reference),
+        "time_to_target": stats.time_to_target_table(stats.cell_times_to_target(finals, traces), references),
         "status": stats.status_table(data),
-        "paired": stats.paired_against_grid(finals, reference),
+        "paired": stats.paired_against_grid(finals, references),
     }
     figures = {
         "anytime": anytime_figure(traces, data.cells, metrics, styles, log_time=log_time),
-        "ranks": rank_figure(rank_curves, styles, finals.groupby(["task", "seed"]).ngroups),
-        "cd": cd_figure(friedman, styles),
+        "ranks": rank_figure(rank_curves, styles),
+        **{group_key("cd", i): cd_figure(result, styles, group_key("cd", i), group.tasks if len(groups) > 1 else ())
+           for i, (group, result) in enumerate(friedman)},
         "oracle": anytime_figure(traces, data.cells, metrics, styles, value="oracle", log_time=log_time),
     }
-    return Report(data, question_text(data.cells), headline(rank_curves, tables["paired"], finals, reference),
+    return Report(data, question_text(data.cells), headline(rank_curves, tables["paired"], finals, references),
                   [*data.problems, *coverage_notes(data, finals)], figures,
                   trajectory_figures(data.trajectories, data.cells, styles), tables, friedman, reference,
                   provenance(data))
@@ -107,16 +115,30 @@ def question_text(cells: pd.DataFrame) -> str:
     return f"For the same charged cost ({', '.join(shown)}), which method gives the best model?"
 
 
-def headline(rank_curves: pd.DataFrame, paired: pd.DataFrame, finals: pd.DataFrame, reference: str | None) -> list[str]:
-    """One or two sentences: who ranks first at the full budget, and how it fares against grid search."""
+def headline(rank_curves: list[tuple[stats.MethodGroup, pd.DataFrame]], paired: pd.DataFrame,
+             finals: pd.DataFrame, references: dict[str, str]) -> list[str]:
+    """One or two sentences: who ranks first at the full budget, and how it fares against grid search.
+
+    The ranks are those of one group of tasks that ran the same methods (``rank_curves`` from
+    ``stats.grouped_rank_curves``): the group with the most blocks among those with a model, named
+    when there are several groups.
+    """
     if not np.isfinite(finals["final"].to_numpy(float)).any():
         return ["No method completed a trial yet: there is no model to compare."]
-    at_end = rank_curves[rank_curves["fraction"] == rank_curves["fraction"].max()].dropna(subset=["mean_rank"])
+    group, curves = next((g, c) for g, c in rank_curves
+                         if np.isfinite(g.select(finals)["final"].to_numpy(float)).any())
+    at_end = curves[curves["fraction"] == curves["fraction"].max()].dropna(subset=["mean_rank"])
     best = at_end.sort_values("mean_rank").iloc[0]
-    n_tasks, n_seeds = finals["task"].nunique(), finals["seed"].nunique()
-    lines = [f"Over {n_tasks} task(s) x {n_seeds} seed(s), {best['method']} has the best mean rank at the full "
+    mine = group.select(finals)
+    n_tasks, n_seeds = mine["task"].nunique(), mine["seed"].nunique()
+    where = f"Over {n_tasks} task(s) x {n_seeds} seed(s)"
+    if len(rank_curves) > 1:
+        where = (f"On {group.label} ({n_tasks} task(s) x {n_seeds} seed(s) that ran the same "
+                 f"{len(group.methods)} methods)")
+    lines = [f"{where}, {best['method']} has the best mean rank at the full "
              f"budget ({best['mean_rank']:.2f}; 1 = best of {len(at_end)})."]
-    if reference is not None and best["method"] != reference:
+    reference = stats.reference_label(references)
+    if reference is not None and best["method"] not in references.values():
         for _, row in paired[paired["method"] == best["method"]].iterrows():
             lines.append(f"Against grid search ({reference}) its final test {row['metric']} is better on "
                          f"{row['wins']} of {row['pairs']} task-seed pairs (median difference "
@@ -232,6 +254,7 @@ def render_html(report: Report) -> str:
     env.filters.update(fmt=fmt, signed=fmt_signed, svg_uri=svg_uri)
     tables = {name: frame.to_dict(orient="records") for name, frame in report.tables.items()}
     units = {task: display_unit(unit)[1] for task, unit in zip(report.data.cells["task"], report.data.cells["unit"])}
+    groups = [(group, result, report.figures[group_key("cd", i)]) for i, (group, result) in enumerate(report.friedman)]
     return env.get_template("report.html.j2").render(
-        r=report, tables=tables, units=units, f=report.friedman, alpha=stats.ALPHA,
+        r=report, tables=tables, units=units, groups=groups, alpha=stats.ALPHA,
         target_abs=stats.TARGET_ABSOLUTE, target_rel=stats.TARGET_RELATIVE, statuses=stats.STATUSES)

@@ -7,6 +7,12 @@ Time-to-target is defined once, here (``target_value`` and ``time_to_target``): 
 cost at which a method's recommendation first comes within one accuracy point (0.01 absolute, for
 a metric to maximise) or 1% relative (for a metric to minimise, a loss) of the best final value
 any method reached on that task and seed.
+
+Ranks are compared only among methods that ran on the same tasks: ``method_groups`` groups the
+tasks by their exact set of methods, and the rank curves and the Friedman/Nemenyi tests are
+computed per group (``grouped_rank_curves``, ``grouped_friedman``). When every task ran the same
+methods there is one group and the numbers are those of ``mean_rank_curves`` and
+``friedman_nemenyi`` on all finals.
 """
 
 from __future__ import annotations
@@ -115,10 +121,26 @@ def final_table(finals: pd.DataFrame) -> pd.DataFrame:
 
 # --- time-to-target -----------------------------------------------------------------------------
 
-def grid_reference(cells: pd.DataFrame) -> str | None:
-    """The label of the grid-search method the others are compared with (the first, sorted)."""
-    labels = sorted(cells.loc[cells["method_name"] == GRID_METHOD, "method"].unique())
-    return labels[0] if labels else None
+def grid_references(cells: pd.DataFrame) -> dict[str, str]:
+    """Task -> the label of the grid-search method the others are compared with on that task (the
+    first, sorted, of the task's grid cells: a tied grid on one task, a plain one on another)."""
+    grids = cells[cells["method_name"] == GRID_METHOD]
+    return {task: sorted(group["method"].unique())[0] for task, group in grids.groupby("task")}
+
+
+def reference_label(references: dict[str, str]) -> str | None:
+    """The grid labels in one string for text (None when no task has a grid)."""
+    return " / ".join(sorted(set(references.values()))) or None
+
+
+def _reference_values(table: pd.DataFrame, references: dict[str, str], column: str) -> pd.Series:
+    """(task, seed) -> ``column`` of the task's grid cell."""
+    is_ref = [references.get(t) == m for t, m in zip(table["task"], table["method"])]
+    return table[is_ref].set_index(["task", "seed"])[column]
+
+
+def _without_references(table: pd.DataFrame, references: dict[str, str]) -> pd.DataFrame:
+    return table[[references.get(t) != m for t, m in zip(table["task"], table["method"])]]
 
 
 def cell_times_to_target(finals: pd.DataFrame, traces: pd.DataFrame) -> pd.DataFrame:
@@ -137,14 +159,15 @@ def cell_times_to_target(finals: pd.DataFrame, traces: pd.DataFrame) -> pd.DataF
     return out
 
 
-def time_to_target_table(cell_times: pd.DataFrame, reference: str | None) -> pd.DataFrame:
+def time_to_target_table(cell_times: pd.DataFrame, references: dict[str, str]) -> pd.DataFrame:
     """Per task and method: median time-to-target over seeds that reached it, and speedup against grid.
 
     The speedup is the geometric mean over seeds, where both reached the target, of
-    ``time(grid) / time(method)``: above 1 the method got there faster than grid search.
+    ``time(grid) / time(method)``, the grid being the task's (``grid_references``): above 1 the
+    method got there faster than grid search.
     """
-    ref_times = cell_times[cell_times["method"] == reference].set_index(["task", "seed"])["time_to_target"] \
-        if reference else pd.Series(dtype=float)
+    ref_times = _reference_values(cell_times, references, "time_to_target") \
+        if len(cell_times) else pd.Series(dtype=float)
     rows = []
     for (task, method), group in cell_times.groupby(["task", "method"], sort=True):
         times = group["time_to_target"].to_numpy(float)
@@ -198,6 +221,65 @@ def status_table(data: ReportData) -> pd.DataFrame:
 
 # --- ranks over the budget, Friedman + Nemenyi, paired tests -----------------------------------------
 
+@dataclass(frozen=True)
+class MethodGroup:
+    """Tasks that ran exactly the same methods (labels): the unit within which methods are ranked.
+
+    ``n_blocks`` is the number of task x seed blocks with at least one cell in these tasks.
+    """
+
+    tasks: tuple[str, ...]
+    methods: tuple[str, ...]
+    n_blocks: int = 0
+
+    @property
+    def label(self) -> str:
+        """The group's tasks in one string, for titles and text."""
+        return ", ".join(self.tasks)
+
+    def select(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """The rows of ``frame`` (finals, or any frame with a ``task`` column) on this group's tasks."""
+        return frame[frame["task"].isin(self.tasks)]
+
+
+def method_groups(finals: pd.DataFrame) -> list[MethodGroup]:
+    """Tasks grouped by their exact set of methods (the labels with a cell on the task).
+
+    Ordered by the number of task x seed blocks (most first), then by the first task's name; tasks
+    and methods are sorted within a group. One group when every task ran the same methods.
+    """
+    by_set: dict[tuple[str, ...], list[str]] = {}
+    for task, group in finals.groupby("task", sort=True):
+        by_set.setdefault(tuple(sorted(group["method"].unique())), []).append(task)
+    groups = [MethodGroup(tuple(tasks), methods,
+                          int(finals[finals["task"].isin(tasks)].groupby(["task", "seed"]).ngroups))
+              for methods, tasks in by_set.items()]
+    return sorted(groups, key=lambda g: (-g.n_blocks, g.tasks[0]))
+
+
+def _group_traces(traces: pd.DataFrame, finals: pd.DataFrame) -> pd.DataFrame:
+    """The trace points of the cells in ``finals``."""
+    return traces[traces["cell_id"].isin(finals["cell_id"])] if len(traces) else traces
+
+
+def grouped_rank_curves(finals: pd.DataFrame, traces: pd.DataFrame, groups: list[MethodGroup] | None = None,
+                        fractions: np.ndarray = RANK_FRACTIONS) -> list[tuple[MethodGroup, pd.DataFrame]]:
+    """``mean_rank_curves`` within each group of ``method_groups`` (or of ``groups``), in that order."""
+    groups = method_groups(finals) if groups is None else groups
+    out = []
+    for group in groups:
+        part = group.select(finals)
+        out.append((group, mean_rank_curves(part, _group_traces(traces, part), fractions)))
+    return out
+
+
+def grouped_friedman(finals: pd.DataFrame, groups: list[MethodGroup] | None = None
+                     ) -> list[tuple[MethodGroup, FriedmanResult]]:
+    """``friedman_nemenyi`` within each group of ``method_groups`` (or of ``groups``), in that order."""
+    groups = method_groups(finals) if groups is None else groups
+    return [(group, friedman_nemenyi(group.select(finals))) for group in groups]
+
+
 def values_at_fractions(finals: pd.DataFrame, traces: pd.DataFrame, fractions: np.ndarray) -> np.ndarray:
     """Oriented recommended value of every cell at each fraction of its budget: cells x fractions.
 
@@ -235,7 +317,12 @@ def rank_blocks(finals: pd.DataFrame, values: np.ndarray, methods: list[str]) ->
 
 def mean_rank_curves(finals: pd.DataFrame, traces: pd.DataFrame,
                      fractions: np.ndarray = RANK_FRACTIONS) -> pd.DataFrame:
-    """Mean rank of each method over tasks x seeds at each fraction of the budget."""
+    """Mean rank of each method over tasks x seeds at each fraction of the budget.
+
+    Every method of ``finals`` is ranked in every block where it has a cell, so pass the finals
+    of one group of ``method_groups`` (``grouped_rank_curves`` does): on finals mixing tasks with
+    different method sets, ranks out of different numbers of methods would be averaged together.
+    """
     methods = sorted(finals["method"].unique())
     ranks = rank_blocks(finals, values_at_fractions(finals, traces, fractions), methods)
     with np.errstate(all="ignore"):
@@ -246,7 +333,11 @@ def mean_rank_curves(finals: pd.DataFrame, traces: pd.DataFrame,
 
 @dataclass(frozen=True)
 class FriedmanResult:
-    """Friedman test over complete blocks (task x seed) and the Nemenyi critical difference."""
+    """Friedman test over complete blocks (task x seed) and the Nemenyi critical difference.
+
+    ``n_blocks`` counts the complete blocks used; ``groups`` are the cliques of the CD diagram
+    (not to be confused with the ``MethodGroup`` of tasks the test was run on).
+    """
 
     methods: list[str]
     mean_ranks: dict[str, float]
@@ -259,7 +350,12 @@ class FriedmanResult:
 
 
 def friedman_nemenyi(finals: pd.DataFrame) -> FriedmanResult:
-    """Friedman on the final values of complete blocks, then Nemenyi's critical difference (alpha 0.05)."""
+    """Friedman on the final values of complete blocks, then Nemenyi's critical difference (alpha 0.05).
+
+    A block is complete when it has a cell of every method in ``finals``; pass the finals of one
+    group of ``method_groups`` (``grouped_friedman`` does), where every block is complete unless a
+    cell is missing.
+    """
     methods = sorted(finals["method"].unique())
     blocks = [group.groupby("method")["oriented"].first().reindex(methods).to_numpy(float)
               for _, group in with_oriented(finals).groupby(["task", "seed"], sort=True)
@@ -300,19 +396,21 @@ def cliques(mean_ranks: dict[str, float], cd: float) -> list[list[str]]:
     return groups
 
 
-def paired_against_grid(finals: pd.DataFrame, reference: str | None) -> pd.DataFrame:
-    """Each method against grid search on the same (task, seed): Wilcoxon signed-rank on final values.
+def paired_against_grid(finals: pd.DataFrame, references: dict[str, str]) -> pd.DataFrame:
+    """Each method against the task's grid search on the same (task, seed): Wilcoxon signed-rank on
+    final values (``references``: task -> grid label, from ``grid_references``).
 
     Differences are oriented (positive: the method's model is better) in the task's metric units;
     pairs where either side has no model at the budget are left out. One row per method and metric.
     """
     columns = ["method", "reference", "metric", "pairs", "wins", "ties", "losses", "median_difference", "p_value"]
-    if reference is None:
+    if not references:
         return pd.DataFrame(columns=columns)
     table = with_oriented(finals)
-    ref = table[table["method"] == reference].set_index(["task", "seed"])["oriented"]
+    ref = _reference_values(table, references, "oriented")
+    reference = reference_label(references)
     rows = []
-    for (method, metric), group in table[table["method"] != reference].groupby(["method", "metric"], sort=True):
+    for (method, metric), group in _without_references(table, references).groupby(["method", "metric"], sort=True):
         pairs = [(o, ref.get((t, s), np.nan)) for t, s, o in zip(group["task"], group["seed"], group["oriented"])]
         diffs = np.array([a - b for a, b in pairs if np.isfinite(a) and np.isfinite(b)])
         rows.append({"method": method, "reference": reference, "metric": metric, "pairs": int(diffs.size),
