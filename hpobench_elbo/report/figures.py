@@ -249,8 +249,9 @@ def cd_figure(result: FriedmanResult, styles: dict[str, dict[str, Any]], key: st
             points, = ax.plot([ranks[method], ranks[method], end], [0, level, level], lw=1.4,
                               color=styles[method]["color"])
             points.set_gid(f"cd--{slug(method)}")
+            # the label in black (a light palette colour such as yellow is hard to read as text)
             ax.text(end + (0.02 if left else -0.02), level - 0.08, f"{method} ({ranks[method]:.2f})",
-                    ha="left" if left else "right", va="bottom", color=styles[method]["color"])
+                    ha="left" if left else "right", va="bottom", color="black")
         for g, group in enumerate(result.groups):
             bar = 0.3 + 0.18 * g
             ax.hlines(bar, ranks[group[0]] - 0.03, ranks[group[-1]] + 0.03, color="#444444", lw=4)
