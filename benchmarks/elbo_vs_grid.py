@@ -118,7 +118,7 @@ def main() -> None:
         for s in hb.run(SUITE, out=args.out, device=args.device, progress=False):
             print(f"  {s.cell_id}: {s.n_trials} trials, {s.spent:.1f} {s.unit} ({s.reason})", flush=True)
     cells = with_ratio(per_cell(args.out))
-    unit = read_report_data(args.out).cells["unit"].iloc[0]
+    unit = cells["unit"].iloc[0]
     pd.set_option("display.width", 200)
     print(f"results: {args.out}; charged times in {unit}")
     for task, group in cells.groupby("task"):

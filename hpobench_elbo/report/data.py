@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -17,6 +17,9 @@ import pandas as pd
 from hpobench_elbo.engine.ledger import LedgerContents, read_ledger
 from hpobench_elbo.errors import LedgerError, UserError
 from hpobench_elbo.report.traces import ledger_paths, ledger_records
+
+if TYPE_CHECKING:
+    from hpobench_elbo.suite import Suite
 
 # Trajectory entries that are diagnostics of the objective, not hyperparameters.
 TRAJECTORY_DIAGNOSTICS = frozenset({"step", "kl", "nll", "loss", "elbo", "objective", "train_loss", "grad_norm"})
@@ -31,6 +34,8 @@ class ReportData:
     appears. ``trajectories``: long format (cell_id, task, method, seed, trial_id, param, cost,
     value), cost = cumulative charged cost, interpolated linearly over each trial's steps.
     ``headers``: the raw header per cell id. ``problems``: one line per unreadable or damaged part.
+    ``suite_name``: the name of the suite stored beside the ledgers (``suite.yaml``; None without
+    a readable one); headers may name other suites too (cells taken with ``--reuse``).
     """
 
     source: Path
@@ -39,14 +44,15 @@ class ReportData:
     trajectories: pd.DataFrame
     headers: dict[str, dict[str, Any]]
     problems: list[str] = field(default_factory=list)
+    suite_name: str | None = None
 
 
-def _current_cells(source: Path) -> set[str] | None:
-    """Cell ids of the suite stored beside the ledgers (None when there is no readable suite.yaml)."""
+def _stored_suite(source: Path) -> Suite | None:
+    """The suite stored beside the ledgers (None when there is no readable ``suite.yaml``)."""
     from hpobench_elbo.suite import load_suite
 
     try:
-        return {c.cell_id for c in load_suite(source / "suite.yaml").cells()} if (source / "suite.yaml").exists() else None
+        return load_suite(source / "suite.yaml") if (source / "suite.yaml").exists() else None
     except UserError:
         return None
 
@@ -59,7 +65,8 @@ def read_report_data(results_dir: str | Path) -> ReportData:
         raise UserError(f"{source}: no ledgers (*.jsonl) to report on")
     problems: list[str] = []
     contents: list[LedgerContents] = []
-    current = _current_cells(source)
+    suite = _stored_suite(source)
+    current = None if suite is None else {c.cell_id for c in suite.cells()}
     if current is not None:
         left_out = [p for p in paths if p.stem not in current]
         problems += [f"{p.name}: left out, not a cell of the current suite (suite.yaml)" for p in left_out]
@@ -76,7 +83,8 @@ def read_report_data(results_dir: str | Path) -> ReportData:
     rows, cells, trajectories, headers = _frames(contents, problems)
     if cells.empty:
         raise UserError(f"{source}: no readable ledger ({'; '.join(problems)})")
-    return ReportData(source, rows, cells, trajectories, headers, problems)
+    return ReportData(source, rows, cells, trajectories, headers, problems,
+                      suite.name if suite is not None else None)
 
 
 def _frames(contents: list[LedgerContents], problems: list[str]

@@ -20,7 +20,6 @@ from typing import Any
 import jinja2
 import numpy as np
 import pandas as pd
-import yaml
 
 from hpobench_elbo.report import stats
 from hpobench_elbo.report.data import ReportData, read_report_data
@@ -180,7 +179,7 @@ def provenance(data: ReportData) -> dict[str, Any]:
     recipes = {h["cell"]["task"]: h["recipe"] for h in headers if h.get("recipe")}
     created = sorted(str(h["created"]) for h in headers if h.get("created"))
     return {
-        "title": stored_suite_name(data.source) or values("suite"), "suite": values("suite"), "suite_hash": values("suite_hash"), "git_sha": values("git_sha"),
+        "title": data.suite_name or values("suite"), "suite": values("suite"), "suite_hash": values("suite_hash"), "git_sha": values("git_sha"),
         "device": values("device"), "clock": values("clock"), "unit": values("unit"), "threads": values("threads"),
         "versions": {p: ", ".join(sorted(v)) for p, v in sorted(versions.items())},
         "recipes": {task: recipe_text(r) for task, r in sorted(recipes.items())},
@@ -189,16 +188,6 @@ def provenance(data: ReportData) -> dict[str, Any]:
         "cells": len(data.cells), "rows": len(data.rows), "source": str(data.source),
         "budget_rule": budget_rule(headers),
     }
-
-
-def stored_suite_name(source: Path) -> str | None:
-    """The name of the suite stored beside the ledgers (``suite.yaml``), which names the report; the
-    headers may name other suites too (cells taken with ``--reuse``)."""
-    try:
-        name = yaml.safe_load((source / "suite.yaml").read_text(encoding="utf-8")).get("name")
-    except (OSError, yaml.YAMLError, AttributeError):
-        return None
-    return str(name) if name else None
 
 
 def recipe_text(recipe: Any) -> str:

@@ -133,14 +133,14 @@ def reference_label(references: dict[str, str]) -> str | None:
     return " / ".join(sorted(set(references.values()))) or None
 
 
+def _is_reference(table: pd.DataFrame, references: dict[str, str]) -> np.ndarray:
+    """Which rows of ``table`` are their task's grid cell."""
+    return np.array([references.get(t) == m for t, m in zip(table["task"], table["method"])], dtype=bool)
+
+
 def _reference_values(table: pd.DataFrame, references: dict[str, str], column: str) -> pd.Series:
     """(task, seed) -> ``column`` of the task's grid cell."""
-    is_ref = [references.get(t) == m for t, m in zip(table["task"], table["method"])]
-    return table[is_ref].set_index(["task", "seed"])[column]
-
-
-def _without_references(table: pd.DataFrame, references: dict[str, str]) -> pd.DataFrame:
-    return table[[references.get(t) != m for t, m in zip(table["task"], table["method"])]]
+    return table[_is_reference(table, references)].set_index(["task", "seed"])[column]
 
 
 def cell_times_to_target(finals: pd.DataFrame, traces: pd.DataFrame) -> pd.DataFrame:
@@ -410,7 +410,7 @@ def paired_against_grid(finals: pd.DataFrame, references: dict[str, str]) -> pd.
     ref = _reference_values(table, references, "oriented")
     reference = reference_label(references)
     rows = []
-    for (method, metric), group in _without_references(table, references).groupby(["method", "metric"], sort=True):
+    for (method, metric), group in table[~_is_reference(table, references)].groupby(["method", "metric"], sort=True):
         pairs = [(o, ref.get((t, s), np.nan)) for t, s, o in zip(group["task"], group["seed"], group["oriented"])]
         diffs = np.array([a - b for a, b in pairs if np.isfinite(a) and np.isfinite(b)])
         rows.append({"method": method, "reference": reference, "metric": metric, "pairs": int(diffs.size),
