@@ -22,7 +22,7 @@ from PIL import Image
 from conftest import SMALL_SUITE, write_suite
 from hpobench_elbo.errors import UserError
 from hpobench_elbo.report import stats
-from hpobench_elbo.report.figures import cd_figure, method_styles, rank_figure
+from hpobench_elbo.report.figures import OKABE_ITO, cd_figure, method_styles, rank_figure
 from hpobench_elbo.report.html import Report, build_report, fmt, write_html_report
 from hpobench_elbo.report.traces import load_results
 
@@ -129,6 +129,47 @@ def test_time_to_target_follows_its_definition(report_run: Path, report: Report)
         assert table.loc["grid", "speedup"] == pytest.approx(1.0)
 
 
+def test_speedup_is_a_lower_bound_where_grid_search_never_reached_the_target() -> None:
+    nan = np.nan
+    cell_times = pd.DataFrame({
+        "task": ["t"] * 6, "method": ["grid", "grid", "m", "m", "n", "n"], "seed": [0, 1] * 3,
+        "unit": ["cost units"] * 6, "time_to_target": [100.0, nan, 10.0, 20.0, nan, nan],
+        "spent": [200.0, 400.0, 150.0, 150.0, 150.0, 150.0]})
+    table = stats.time_to_target_table(cell_times, {"t": "grid"}).set_index("method")
+    assert table.loc["m", "speedup"] == pytest.approx(10.0) and table.loc["m", "speedup_pairs"] == 1
+    # seed 1: the grid never got there in the 400 it was charged, so its time there is > 400
+    assert table.loc["m", "speedup_at_least"] == pytest.approx(np.sqrt(10.0 * 400.0 / 20.0))
+    assert table.loc["m", "censored"] == 1
+    assert np.isnan(table.loc["n", "speedup_at_least"]) and table.loc["n", "censored"] == 0
+    assert table.loc["grid", "speedup"] == pytest.approx(1.0) and table.loc["grid", "censored"] == 0
+
+
+def test_paired_comparison_is_per_task_and_pooled_per_method() -> None:
+    finals = pd.DataFrame({
+        "task": ["a"] * 4 + ["b"] * 4, "method": ["grid", "grid", "m", "m"] * 2, "seed": [0, 1] * 4,
+        "metric": ["accuracy"] * 8, "direction": ["max"] * 8,
+        "final": [0.5, 0.6, 0.7, 0.5, 0.8, 0.8, 0.9, 0.9]})
+    table = stats.paired_against_grid(finals, {"a": "grid", "b": "grid"}).set_index(["task", "method"])
+    assert list(table.index) == [("a", "m"), ("b", "m"), (stats.ALL_TASKS, "m")]
+    assert (table.loc[("a", "m"), ["pairs", "wins", "losses"]].tolist()) == [2, 1, 1]
+    assert table.loc[("b", "m"), "median_difference"] == pytest.approx(0.1)
+    assert table.loc[(stats.ALL_TASKS, "m"), "pairs"] == 4 and table.loc[(stats.ALL_TASKS, "m"), "wins"] == 3
+
+
+def test_the_glance_table_holds_one_row_per_task_and_method_with_its_data_use(report: Report,
+                                                                            written: dict[str, Path]) -> None:
+    summary = report.tables["summary"].set_index("method")
+    assert sorted(summary.index) == METHODS
+    final = report.tables["final"].set_index("method")
+    assert np.allclose(summary.loc[METHODS, "mean"].to_numpy(float), final.loc[METHODS, "mean"].to_numpy(float))
+    assert summary.loc["de-elbo", "data_use"] == "none (all N)"
+    assert summary["best"].sum() >= 1 and summary.loc[summary["best"], "mean"].max() == final["mean"].max()
+    html = written[".html"].read_text()
+    glance = html[html.index('id="table-glance"'):html.index("</table>", html.index('id="table-glance"'))]
+    assert glance.count("<tr") == 1 + len(METHODS)  # the header and one row per method
+    assert "none (all N)" in glance and "validation split + refit" in glance
+
+
 # --- figures: one line per method, data and SVG --------------------------------------------------------
 
 def test_curve_figures_have_one_line_per_method(report: Report) -> None:
@@ -218,6 +259,20 @@ def test_ranks_and_tests_are_computed_per_group_of_tasks_with_the_same_methods()
     assert "best of 2" in figure.svg and "best of 3" in figure.svg
     cd = cd_figure(three, styles, "cd-2", groups[1].tasks)
     assert cd.key == "cd-2" and cd.title.endswith(": a") and sorted(cd.data["cd"]) == ["grid", "random", "solo"]
+
+
+def test_methods_sharing_a_task_get_different_colours_while_the_palette_lasts() -> None:
+    tasks = {f"m{i:02d}": {"wide"} | ({"a"} if i < 7 else {"b"}) for i in range(16)}
+    tasks["everywhere"] = {"wide", "a", "b"}
+    styles = method_styles(sorted(tasks), tasks)
+    looks = {(s["color"], s["linestyle"]) for s in styles.values()}
+    assert len(looks) == len(styles)  # no two methods share colour and line style
+    task_a = [m for m, t in tasks.items() if "a" in t]  # 8 methods: each of the 8 colours once
+    assert len(task_a) == 8 and len({styles[m]["color"] for m in task_a}) == 8
+    task_b = [m for m, t in tasks.items() if "b" in t]  # 10 methods: all 8 colours used, 2 repeated
+    assert len({styles[m]["color"] for m in task_b}) == 8
+    assert styles["everywhere"]["color"] != OKABE_ITO[-1]  # the widest-run method is drawn first, not in yellow
+    assert method_styles(["b", "a"]) == method_styles(["a", "b"])  # order of the input does not matter
 
 
 # --- rendered files ----------------------------------------------------------------------------------------

@@ -51,10 +51,29 @@ class Figure:
     data: dict[str, dict[str, Series]] = field(default_factory=dict)
 
 
-def method_styles(methods: list[str]) -> dict[str, dict[str, Any]]:
-    """One colour (and, past eight methods, a line style) per method, the same in every figure."""
-    return {m: {"color": OKABE_ITO[i % len(OKABE_ITO)], "linestyle": LINESTYLES[i // len(OKABE_ITO) % len(LINESTYLES)]}
-            for i, m in enumerate(sorted(methods))}
+def method_styles(methods: list[str], tasks: dict[str, set[str]] | None = None) -> dict[str, dict[str, Any]]:
+    """One colour and line style per method, the same in every figure; no two methods share both.
+
+    ``tasks`` (method -> the tasks it ran on) lets methods that share a panel take different
+    colours while the palette lasts: each method (those run on most tasks first, then by name) takes the first (line style,
+    colour) pair no method has yet whose colour no method of its tasks has; only when a task has
+    more methods than colours does a colour repeat there (in as few of its tasks as possible), told
+    apart by its line style. The faint yellow is taken last.
+    """
+    tasks = tasks or {}
+    pairs = [(style, colour) for style in LINESTYLES for colour in OKABE_ITO]
+    taken: dict[str, tuple[str, str]] = {}
+
+    def clashes(colour: str, method: str) -> int:
+        """How many of ``method``'s tasks already have a method drawn in ``colour``."""
+        return sum(any(taken[m][1] == colour and task in tasks.get(m, set()) for m in taken)
+                   for task in tasks.get(method, set()))
+
+    for method in sorted(methods, key=lambda m: (-len(tasks.get(m, ())), m)):  # the widest-run first
+        free = [p for p in pairs if p not in taken.values()]
+        # fewest clashes, then not the faint yellow, then the first in order (min keeps the first of equals)
+        taken[method] = min(free, key=lambda p: (clashes(p[1], method), p[1] == OKABE_ITO[-1]))
+    return {m: {"color": taken[m][1], "linestyle": taken[m][0]} for m in sorted(methods)}
 
 
 def slug(text: str) -> str:

@@ -27,6 +27,7 @@ from hpobench_elbo.report.figures import (Figure, anytime_figure, cd_figure, gro
                                           trajectory_figures)
 from hpobench_elbo.report.pdf import write_pdf
 from hpobench_elbo.report.plots import display_unit
+from hpobench_elbo.report.summary import speedup_text, summary_rows
 
 TEMPLATES = Path(__file__).with_name("templates")
 RULE_HEADING = "The budget rule, written once:"
@@ -82,16 +83,13 @@ def build_report(results_dir: str | Path, log_time: bool = False) -> Report:
     finals = stats.final_values(data, traces)
     references = stats.grid_references(data.cells)
     reference = stats.reference_label(references)
-    styles = method_styles(sorted(data.cells["method"].unique()))
+    styles = method_styles(sorted(data.cells["method"].unique()),
+                           {m: set(g["task"]) for m, g in data.cells.groupby("method")})
     groups = stats.method_groups(finals)
     friedman = stats.grouped_friedman(finals, groups)
     rank_curves = stats.grouped_rank_curves(finals, traces, groups)
-    tables = {
-        "final": stats.final_table(finals),
-        "time_to_target": stats.time_to_target_table(stats.cell_times_to_target(finals, traces), references),
-        "status": stats.status_table(data),
-        "paired": stats.paired_against_grid(finals, references),
-    }
+    tables = stats.report_tables(data, finals, traces, references)
+    tables["summary"] = summary_rows(data, tables, references)
     figures = {
         "anytime": anytime_figure(traces, data.cells, metrics, styles, log_time=log_time),
         "ranks": rank_figure(rank_curves, styles),
@@ -139,9 +137,10 @@ def headline(rank_curves: list[tuple[stats.MethodGroup, pd.DataFrame]], paired: 
              f"budget ({best['mean_rank']:.2f}; 1 = best of {len(at_end)})."]
     reference = stats.reference_label(references)
     if reference is not None and best["method"] not in references.values():
-        for _, row in paired[paired["method"] == best["method"]].iterrows():
-            lines.append(f"Against grid search ({reference}) its final test {row['metric']} is better on "
-                         f"{row['wins']} of {row['pairs']} task-seed pairs (median difference "
+        mine_paired = paired[(paired["method"] == best["method"]) & paired["task"].isin(group.tasks)]
+        for _, row in mine_paired.iterrows():
+            lines.append(f"Against grid search ({row['reference']}) on {row['task']} its final test {row['metric']} "
+                         f"is better on {row['wins']} of {row['pairs']} seeds (median difference "
                          f"{fmt_signed(row['median_difference'])}).")
     elif reference is not None:
         lines.append(f"Grid search ({reference}) itself ranks first.")
@@ -252,9 +251,11 @@ def render_html(report: Report) -> str:
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True,
                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     env.filters.update(fmt=fmt, signed=fmt_signed, svg_uri=svg_uri)
+    env.globals.update(speedup_text=speedup_text)
     tables = {name: frame.to_dict(orient="records") for name, frame in report.tables.items()}
     units = {task: display_unit(unit)[1] for task, unit in zip(report.data.cells["task"], report.data.cells["unit"])}
     groups = [(group, result, report.figures[group_key("cd", i)]) for i, (group, result) in enumerate(report.friedman)]
     return env.get_template("report.html.j2").render(
         r=report, tables=tables, units=units, groups=groups, alpha=stats.ALPHA,
-        target_abs=stats.TARGET_ABSOLUTE, target_rel=stats.TARGET_RELATIVE, statuses=stats.STATUSES)
+        target_abs=stats.TARGET_ABSOLUTE, target_rel=stats.TARGET_RELATIVE, statuses=stats.STATUSES,
+        all_tasks=stats.ALL_TASKS)

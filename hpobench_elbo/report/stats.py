@@ -18,6 +18,7 @@ methods there is one group and the numbers are those of ``mean_rank_curves`` and
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -90,7 +91,7 @@ def final_values(data: ReportData, traces: pd.DataFrame) -> pd.DataFrame:
     """Per cell: the test metric of the model recommended at the end (NaN when no trial completed)."""
     last = traces.sort_values(["cell_id", "cost"]).groupby("cell_id")["recommended"].last() \
         if not traces.empty else pd.Series(dtype=float)
-    out = data.cells[["cell_id", "task", "method", "method_name", "seed", "budget", "unit", "metric",
+    out = data.cells[["cell_id", "task", "method", "method_name", "seed", "budget", "spent", "unit", "metric",
                       "direction"]].copy()
     out["final"] = out["cell_id"].map(last).astype(float)
     return out.sort_values(["task", "method", "seed"], ignore_index=True)
@@ -162,24 +163,38 @@ def cell_times_to_target(finals: pd.DataFrame, traces: pd.DataFrame) -> pd.DataF
 def time_to_target_table(cell_times: pd.DataFrame, references: dict[str, str]) -> pd.DataFrame:
     """Per task and method: median time-to-target over seeds that reached it, and speedup against grid.
 
-    The speedup is the geometric mean over seeds, where both reached the target, of
+    ``speedup`` is the geometric mean over seeds, where both reached the target, of
     ``time(grid) / time(method)``, the grid being the task's (``grid_references``): above 1 the
-    method got there faster than grid search.
+    method got there faster than grid search. Where grid search never reached the target, its
+    time is only known to exceed all it was charged: ``speedup_at_least`` is the geometric mean
+    over every seed the method reached, taking that charged total for the grid's time there, a
+    lower bound (equal to ``speedup`` when ``censored``, the number of such seeds, is 0).
     """
     ref_times = _reference_values(cell_times, references, "time_to_target") \
         if len(cell_times) else pd.Series(dtype=float)
+    ref_spent = _reference_values(cell_times, references, "spent") if len(cell_times) else pd.Series(dtype=float)
     rows = []
     for (task, method), group in cell_times.groupby(["task", "method"], sort=True):
         times = group["time_to_target"].to_numpy(float)
         scale, _ = display_unit(group["unit"].iloc[0])
-        ratios = [ref_times.get((task, seed), np.nan) / t for seed, t in zip(group["seed"], times)]
-        ratios = np.array([r for r in ratios if np.isfinite(r) and r > 0])
+        exact, bounds = [], []
+        for seed, t in zip(group["seed"], times):
+            grid_time = ref_times.get((task, seed), np.nan)
+            if np.isfinite(t) and t > 0 and np.isfinite(grid_time):
+                exact.append(grid_time / t)
+            elif np.isfinite(t) and t > 0 and np.isfinite(ref_spent.get((task, seed), np.nan)):
+                bounds.append(ref_spent[(task, seed)] / t)
         rows.append({"task": task, "method": method, "seeds": len(group),
                      "reached": int(np.isfinite(times).sum()),
                      "median_time": float(np.nanmedian(times)) * scale if np.isfinite(times).any() else np.nan,
-                     "speedup": float(np.exp(np.log(ratios).mean())) if ratios.size else np.nan,
-                     "speedup_pairs": int(ratios.size)})
+                     "speedup": geometric_mean(exact), "speedup_pairs": len(exact),
+                     "speedup_at_least": geometric_mean(exact + bounds), "censored": len(bounds)})
     return pd.DataFrame.from_records(rows)
+
+
+def geometric_mean(ratios: list[float]) -> float:
+    """The geometric mean of positive ratios; NaN for none."""
+    return float(np.exp(np.log(ratios).mean())) if ratios else np.nan
 
 
 # --- counts, cache, data use ------------------------------------------------------------------
@@ -217,6 +232,19 @@ def status_table(data: ReportData) -> pd.DataFrame:
             "end": ", ".join(sorted(set(cells["end_reason"]))),
         })
     return pd.DataFrame.from_records(out)
+
+
+def report_tables(data: ReportData, finals: pd.DataFrame, traces: pd.DataFrame,
+                  references: dict[str, str]) -> dict[str, pd.DataFrame]:
+    """The report's tables of raw numbers: ``final``, ``time_to_target``, ``status`` and ``paired``
+    (``finals`` from ``final_values``, ``traces`` from ``all_traces``, ``references`` from
+    ``grid_references``); the HTML report and the README summary both read them from here."""
+    return {
+        "final": final_table(finals),
+        "time_to_target": time_to_target_table(cell_times_to_target(finals, traces), references),
+        "status": status_table(data),
+        "paired": paired_against_grid(finals, references),
+    }
 
 
 # --- ranks over the budget, Friedman + Nemenyi, paired tests -----------------------------------------
@@ -396,28 +424,39 @@ def cliques(mean_ranks: dict[str, float], cd: float) -> list[list[str]]:
     return groups
 
 
+ALL_TASKS = "all tasks"  # the ``task`` of a paired-comparison row that pools a method's tasks
+
+
 def paired_against_grid(finals: pd.DataFrame, references: dict[str, str]) -> pd.DataFrame:
     """Each method against the task's grid search on the same (task, seed): Wilcoxon signed-rank on
     final values (``references``: task -> grid label, from ``grid_references``).
 
     Differences are oriented (positive: the method's model is better) in the task's metric units;
-    pairs where either side has no model at the budget are left out. One row per method and metric.
+    pairs where either side has no model at the budget are left out. One row per task and method,
+    then, for a method run on several tasks with one metric, a row with ``task`` = ``ALL_TASKS``
+    that pools their pairs (the usual across-data-sets test; its differences mix the tasks' scales).
     """
-    columns = ["method", "reference", "metric", "pairs", "wins", "ties", "losses", "median_difference", "p_value"]
+    columns = ["task", "method", "reference", "metric", "pairs", "wins", "ties", "losses", "median_difference",
+               "p_value"]
     if not references:
         return pd.DataFrame(columns=columns)
     table = with_oriented(finals)
     ref = _reference_values(table, references, "oriented")
-    reference = reference_label(references)
-    rows = []
-    for (method, metric), group in table[~_is_reference(table, references)].groupby(["method", "metric"], sort=True):
+    methods = table[~_is_reference(table, references) & table["task"].isin(list(references))]
+
+    def row(task: str, method: str, metric: str, group: pd.DataFrame) -> dict[str, Any]:
         pairs = [(o, ref.get((t, s), np.nan)) for t, s, o in zip(group["task"], group["seed"], group["oriented"])]
         diffs = np.array([a - b for a, b in pairs if np.isfinite(a) and np.isfinite(b)])
-        rows.append({"method": method, "reference": reference, "metric": metric, "pairs": int(diffs.size),
-                     "wins": int((diffs > 0).sum()), "ties": int((diffs == 0).sum()),
-                     "losses": int((diffs < 0).sum()),
-                     "median_difference": float(np.median(diffs)) if diffs.size else np.nan,
-                     "p_value": wilcoxon_p(diffs)})
+        return {"task": task, "method": method, "reference": " / ".join(sorted({references[t] for t in group["task"]})),
+                "metric": metric, "pairs": int(diffs.size), "wins": int((diffs > 0).sum()),
+                "ties": int((diffs == 0).sum()), "losses": int((diffs < 0).sum()),
+                "median_difference": float(np.median(diffs)) if diffs.size else np.nan, "p_value": wilcoxon_p(diffs)}
+
+    rows = [row(task, method, metric, group)
+            for (task, method, metric), group in methods.groupby(["task", "method", "metric"], sort=True)]
+    rows += [row(ALL_TASKS, method, metric, group)
+             for (method, metric), group in methods.groupby(["method", "metric"], sort=True)
+             if group["task"].nunique() > 1]
     return pd.DataFrame.from_records(rows, columns=columns)
 
 

@@ -17,7 +17,7 @@ import pandas as pd
 
 from hpobench_elbo.errors import UserError
 from hpobench_elbo.report import stats
-from hpobench_elbo.report.data import read_report_data
+from hpobench_elbo.report.data import ReportData, read_report_data
 from hpobench_elbo.report.plots import display_unit
 from hpobench_elbo.report.traces import ledger_paths
 
@@ -29,11 +29,18 @@ def summary_frame(results_dir: str | Path) -> pd.DataFrame:
     """Per task and method: data use, seeds, final metric (mean, 95% interval), time-to-target, speedup."""
     data = read_report_data(results_dir)
     traces = stats.all_traces(data)
-    finals = stats.final_values(data, traces)
     references = stats.grid_references(data.cells)
-    final = stats.final_table(finals).set_index(["task", "method"])
-    ttt = stats.time_to_target_table(stats.cell_times_to_target(finals, traces), references).set_index(["task", "method"])
-    use = stats.status_table(data).set_index(["task", "method"])["data_use"]
+    tables = stats.report_tables(data, stats.final_values(data, traces), traces, references)
+    return summary_rows(data, tables, references)
+
+
+def summary_rows(data: ReportData, tables: dict[str, pd.DataFrame], references: dict[str, str]) -> pd.DataFrame:
+    """The summary from the report's tables (``stats.report_tables``): one row per task and method,
+    in the tables' order, with ``best`` marking the best mean final value on each task."""
+    final = tables["final"].set_index(["task", "method"])
+    ttt = tables["time_to_target"].set_index(["task", "method"])
+    use = tables["status"].set_index(["task", "method"])["data_use"]
+    directions = {task: direction for task, (_, direction) in stats.task_metrics(data).items()}
     rows = []
     for (task, method), row in final.iterrows():
         cells = data.cells[(data.cells["task"] == task) & (data.cells["method"] == method)]
@@ -44,13 +51,29 @@ def summary_frame(results_dir: str | Path) -> pd.DataFrame:
                      "ci_low": row["ci_low"], "ci_high": row["ci_high"],
                      "time_to_target": ttt.loc[(task, method), "median_time"],
                      "reached": int(ttt.loc[(task, method), "reached"]),
-                     "speedup": ttt.loc[(task, method), "speedup"], "budget": float(cells["budget"].iloc[0]),
+                     "speedup": ttt.loc[(task, method), "speedup"],
+                     "speedup_at_least": ttt.loc[(task, method), "speedup_at_least"],
+                     "censored": int(ttt.loc[(task, method), "censored"]), "budget": float(cells["budget"].iloc[0]),
                      "unit": display_unit(cells["unit"].iloc[0])[1]})
-    return pd.DataFrame.from_records(rows)
+    frame = pd.DataFrame.from_records(rows)
+    if frame.empty:
+        return frame.assign(best=pd.Series(dtype=bool))
+    sign = np.where(frame["task"].map(directions).to_numpy() == "min", -1.0, 1.0)
+    oriented = pd.Series(np.nan_to_num(frame["mean"].to_numpy(float) * sign, nan=-np.inf), index=frame.index)
+    frame["best"] = (oriented == oriented.groupby(frame["task"]).transform("max")) & np.isfinite(oriented)
+    return frame
 
 
 def _number(value: float, digits: int = 3) -> str:
     return "–" if not np.isfinite(value) else f"{value:.{digits}g}"
+
+
+def speedup_text(speedup: float, at_least: float, censored: int, digits: int = 3) -> str:
+    """A speedup against grid search as shown: the ratio, or "≥ bound" where the grid never reached
+    the target on some seeds (``stats.time_to_target_table``), or "–"."""
+    if censored:
+        return f"≥ {_number(at_least, digits)}"
+    return _number(speedup, digits)
 
 
 def summary_markdown(results_dir: str | Path, source: str | None = None) -> str:
@@ -67,7 +90,7 @@ def summary_markdown(results_dir: str | Path, source: str | None = None) -> str:
         interval = f" [{_number(r.ci_low)}, {_number(r.ci_high)}]" if np.isfinite(r.ci_low) else ""
         seeds = f"{r.with_model}/{r.seeds}" + ("" if r.finished == r.seeds else f" ({r.finished} finished)")
         ttt = f"{_number(r.time_to_target)} {r.unit} ({r.reached}/{r.seeds})" if r.reached else f"never (0/{r.seeds})"
-        speed = "(grid)" if r.grid else _number(r.speedup, 2)
+        speed = "(grid)" if r.grid else speedup_text(r.speedup, r.speedup_at_least, r.censored, 2)
         lines.append(f"| {r.task} | {r.method} | {r.data_use} | {r.metric} {_number(r.mean)}{interval} | {seeds} | "
                      f"{ttt} | {speed} |")
     budgets = frame.groupby("task")[["budget", "unit"]].first()
