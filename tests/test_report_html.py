@@ -170,6 +170,16 @@ def test_the_glance_table_holds_one_row_per_task_and_method_with_its_data_use(re
     assert "none (all N)" in glance and "validation split + refit" in glance
 
 
+def test_the_headline_names_the_best_ranked_method_and_its_record_against_grid(report: Report) -> None:
+    (_, result), = report.friedman  # one task: one group
+    best = min(result.mean_ranks, key=result.mean_ranks.get)
+    line, = report.headline
+    assert f"{best} has the best mean rank" in line
+    if best != "grid":
+        row = report.tables["paired"].set_index("method").loc[best]
+        assert f"on {row['wins']} of {row['pairs']} seeds of digits-mlp" in line
+
+
 # --- figures: one line per method, data and SVG --------------------------------------------------------
 
 def test_curve_figures_have_one_line_per_method(report: Report) -> None:

@@ -176,7 +176,9 @@ def anytime_caption(oracle: bool, log_time: bool) -> str:
     return ("Each line is the test metric of the model the method would deploy at that charged cost, median "
             "over seeds (line) and inter-quartile band (shade); a step is a completed trial that changed the "
             "recommendation. Read across for the best model at a given budget and along for how early a "
-            "method gets there; a curve starts at the method's first completed trial." + scale)
+            "method gets there; a curve starts at the method's first completed trial. A method that "
+            "deploys its latest run rather than the best so far (one with no selection data) can step down "
+            "as well as up." + scale)
 
 
 # --- ranks over the budget -------------------------------------------------------------------------------

@@ -115,35 +115,34 @@ def question_text(cells: pd.DataFrame) -> str:
 
 def headline(rank_curves: list[tuple[stats.MethodGroup, pd.DataFrame]], paired: pd.DataFrame,
              finals: pd.DataFrame, references: dict[str, str]) -> list[str]:
-    """One or two sentences: who ranks first at the full budget, and how it fares against grid search.
-
-    The ranks are those of one group of tasks that ran the same methods (``rank_curves`` from
-    ``stats.grouped_rank_curves``): the group with the most blocks among those with a model, named
-    when there are several groups.
+    """A sentence or two per group of tasks that ran the same methods (``rank_curves`` from
+    ``stats.grouped_rank_curves``, most blocks first): who ranks first at the full budget, and how
+    it fares against the task's grid search, seed by seed. Groups with no model are left out.
     """
     if not np.isfinite(finals["final"].to_numpy(float)).any():
         return ["No method completed a trial yet: there is no model to compare."]
-    group, curves = next((g, c) for g, c in rank_curves
-                         if np.isfinite(g.select(finals)["final"].to_numpy(float)).any())
-    at_end = curves[curves["fraction"] == curves["fraction"].max()].dropna(subset=["mean_rank"])
-    best = at_end.sort_values("mean_rank").iloc[0]
-    mine = group.select(finals)
-    n_tasks, n_seeds = mine["task"].nunique(), mine["seed"].nunique()
-    where = f"Over {n_tasks} task(s) x {n_seeds} seed(s)"
-    if len(rank_curves) > 1:
-        where = (f"On {group.label} ({n_tasks} task(s) x {n_seeds} seed(s) that ran the same "
-                 f"{len(group.methods)} methods)")
-    lines = [f"{where}, {best['method']} has the best mean rank at the full "
-             f"budget ({best['mean_rank']:.2f}; 1 = best of {len(at_end)})."]
-    reference = stats.reference_label(references)
-    if reference is not None and best["method"] not in references.values():
-        mine_paired = paired[(paired["method"] == best["method"]) & paired["task"].isin(group.tasks)]
-        for _, row in mine_paired.iterrows():
-            lines.append(f"Against grid search ({row['reference']}) on {row['task']} its final test {row['metric']} "
-                         f"is better on {row['wins']} of {row['pairs']} seeds (median difference "
-                         f"{fmt_signed(row['median_difference'])}).")
-    elif reference is not None:
-        lines.append(f"Grid search ({reference}) itself ranks first.")
+    lines = []
+    for group, curves in rank_curves:
+        mine = group.select(finals)
+        if not np.isfinite(mine["final"].to_numpy(float)).any():
+            continue
+        at_end = curves[curves["fraction"] == curves["fraction"].max()].dropna(subset=["mean_rank"])
+        best = at_end.sort_values("mean_rank").iloc[0]
+        n_tasks, n_seeds = mine["task"].nunique(), mine["seed"].nunique()
+        where = f"Over {n_tasks} task(s) x {n_seeds} seed(s)"
+        if len(rank_curves) > 1:
+            where = f"On {group.label} ({n_tasks} task(s) x {n_seeds} seed(s), {len(group.methods)} methods)"
+        line = (f"{where}, {best['method']} has the best mean rank at the full budget "
+                f"({best['mean_rank']:.2f}; 1 = best of {len(at_end)})")
+        if best["method"] in references.values():
+            line += ": grid search itself ranks first."
+        else:
+            mine_paired = paired[(paired["method"] == best["method"]) & paired["task"].isin(group.tasks)]
+            against = [f"its final test {row['metric']} is better than {row['reference']}'s on {row['wins']} of "
+                       f"{row['pairs']} seeds of {row['task']} (median difference "
+                       f"{fmt_signed(row['median_difference'])})" for _, row in mine_paired.iterrows()]
+            line += "; " + "; ".join(against) + "." if against else "."
+        lines.append(line)
     return lines
 
 
