@@ -1,6 +1,6 @@
 """How long the HTML and PDF report take for 10,000 trial rows (goal: under 10 s on 2 cores).
 
-Writes fake but schema-valid ledgers into a temporary directory (4 tasks x 6 methods x 5 seeds =
+Writes fake but schema-valid ledgers (the current schema version) into a temporary directory (4 tasks x 6 methods x 5 seeds =
 120 cells, 10,000 trial rows in all; two gradient-based methods record hyperparameter trajectories;
 statuses, refits, cache hits and one metric to minimise included), then times
 ``write_html_report(..., html=True, pdf=True)`` and prints the seconds.
@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from hpobench_elbo.engine.ledger import SCHEMA_VERSION
+
 TASKS = {"task-a": ("accuracy", "max"), "task-b": ("accuracy", "max"), "task-c": ("accuracy", "max"),
          "task-d": ("rmse", "min")}
 SEARCH = ["random", "grid", "tpe", "halving"]
@@ -31,13 +33,16 @@ STATUS_P = {"ok": 0.85, "cut": 0.02, "pruned": 0.06, "diverged": 0.04, "failed":
 def header(task: str, method: str, seed: int, budget: float) -> dict[str, Any]:
     metric, direction = TASKS[task]
     cell_id = f"{task}.cpu--{method}--s{seed}--{hashlib.sha1(f'{task}/{method}/{seed}'.encode()).hexdigest()[:8]}"
-    return {"type": "header", "schema": 1, "suite": "bench-report", "suite_hash": "0123456789abcdef",
+    return {"type": "header", "schema": SCHEMA_VERSION, "suite": "bench-report", "suite_hash": "0123456789abcdef",
             "cell": {"task": task, "scale": "cpu", "method": method, "label": method, "seed": seed,
                      "budget": budget, "clock": "device", "refit": method in SEARCH},
             "cell_id": cell_id, "unit": "GPU-seconds", "device": "cuda:0 (synthetic)", "clock": "device",
             "metric": metric, "direction": direction, "git_sha": "0" * 40, "threads": 1,
             "versions": {"python": "3.11", "hpobench-elbo": "0.1.0"}, "created": "2026-01-01T00:00:00+00:00",
-            "recipe": {"optimizer": "SGD", "momentum": 0.9, "schedule": "cosine"}}
+            "recipe": {"optimizer": "SGD", "momentum": 0.9, "schedule": "cosine"},
+            "seeds": {"cell_seed": seed, "init": seed + 1, "noise": seed + 2, "sampler": seed + 3},
+            "validation": "selection" if method in SEARCH else "none",
+            "data_use": "validation split + refit" if method in SEARCH else "none (all N)"}
 
 
 def quality(rng: np.random.Generator, direction: str, spent: float, budget: float) -> float:
@@ -66,6 +71,7 @@ def trial_rows(rng: np.random.Generator, task: str, method: str, n: int, budget:
             "config": {"lr": float(rng.uniform(1e-3, 1e-1))}, "steps": steps, "n_train": 1000, "score": score,
             "score_name": "validation loss", "spent": spent,
             "cost": {"train": cost * 0.9, "method": cost * 0.1, "test": cost * 0.05}, "overshoot": 0.0,
+            "meter": {"train": spent * 0.9, "method": spent * 0.1, "test": spent * 0.05},
             "recommendation": best[0] if best else None, "cache_hits": int(rng.integers(0, 3)),
             "cost_saved": float(rng.uniform(0, per)),
             "error": "RuntimeError: synthetic" if status == "failed" else None,

@@ -319,6 +319,21 @@ def test_pdf_renders_and_holds_the_tables(written: dict[str, Path], report: Repo
     assert "Time to target" in text and "Provenance" in text and "Budget rule" in text
 
 
+def test_the_report_benchmark_writes_ledgers_of_the_current_schema(tmp_path: Path) -> None:
+    """benchmarks/report.py times the report on synthetic ledgers; they must stay readable as the schema moves."""
+    import importlib.util
+
+    from conftest import REPO
+    from hpobench_elbo.report.data import read_report_data
+
+    spec = importlib.util.spec_from_file_location("bench_report", REPO / "benchmarks" / "report.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.write_ledgers(tmp_path, total_rows=240) == 240
+    data = read_report_data(tmp_path)
+    assert data.problems == [] and len(data.cells) == 120 and len(data.rows) == 240
+
+
 # --- bad input ---------------------------------------------------------------------------------------------
 
 def test_empty_directory_is_a_user_error(tmp_path: Path) -> None:

@@ -82,7 +82,8 @@ def read_report_data(results_dir: str | Path) -> ReportData:
         contents.append(item)
     rows, cells, trajectories, headers = _frames(contents, problems)
     if cells.empty:
-        raise UserError(f"{source}: no readable ledger ({'; '.join(problems)})")
+        shown = "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more like these" if len(problems) > 3 else "")
+        raise UserError(f"{source}: no readable ledger ({shown})")
     return ReportData(source, rows, cells, trajectories, headers, problems,
                       suite.name if suite is not None else None)
 
