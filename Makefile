@@ -39,9 +39,12 @@ reference: setup
 	$(BIN)/hpobench-elbo run suites/reference-cpu.yaml --out reports/reference-cpu --reuse reports/elbo-vs-grid-cpu/run
 	$(MAKE) reference-report
 
-# Its HTML and PDF report and the README's summary table, from the committed ledgers alone.
+# Its HTML and PDF report, PNGs of the PDF's first two pages and the README's summary table, from the
+# committed ledgers alone.
 reference-report: setup
 	$(BIN)/hpobench-elbo report reports/reference-cpu --html --pdf --out reports/reference-cpu/report --readme README.md
+	# its first two pages as PNG, to look at without a PDF viewer (poppler-utils)
+	pdftoppm -r 70 -png -f 1 -l 2 reports/reference-cpu/report/report.pdf reports/reference-cpu/report/page
 
 clean:
 	rm -rf results/smoke results/demo results/cpu
