@@ -142,6 +142,21 @@ def test_speedup_is_a_lower_bound_where_grid_search_never_reached_the_target() -
     assert table.loc["m", "censored"] == 1
     assert np.isnan(table.loc["n", "speedup_at_least"]) and table.loc["n", "censored"] == 0
     assert table.loc["grid", "speedup"] == pytest.approx(1.0) and table.loc["grid", "censored"] == 0
+    nothing = cell_times.assign(spent=[200.0, 0.0, 150.0, 150.0, 150.0, 150.0])  # grid seed 1 charged nothing
+    table = stats.time_to_target_table(nothing, {"t": "grid"}).set_index("method")
+    assert table.loc["m", "speedup_at_least"] == pytest.approx(10.0) and table.loc["m", "censored"] == 0
+
+
+def test_best_final_per_task_follows_the_metric_direction_with_ties_and_no_model() -> None:
+    finals = pd.DataFrame({
+        "task": ["acc"] * 3 + ["loss"] * 3 + ["none"] * 2, "method": ["a", "b", "c", "a", "b", "c", "a", "b"],
+        "seed": 0, "metric": ["accuracy"] * 3 + ["mse"] * 3 + ["accuracy"] * 2,
+        "direction": ["max"] * 3 + ["min"] * 3 + ["max"] * 2,
+        "final": [0.9, 0.9, 0.5, 12.0, 30.0, np.nan, np.nan, np.nan]})
+    best = stats.final_table(finals).set_index(["task", "method"])["best"]
+    assert best[("acc", "a")] and best[("acc", "b")] and not best[("acc", "c")]  # a tie: both best
+    assert best[("loss", "a")] and not best[("loss", "b")] and not best[("loss", "c")]  # lowest loss wins
+    assert not best[("none", "a")] and not best[("none", "b")]  # no model: nobody is best
 
 
 def test_paired_comparison_is_per_task_and_pooled_per_method() -> None:
@@ -283,6 +298,9 @@ def test_methods_sharing_a_task_get_different_colours_while_the_palette_lasts() 
     assert len({styles[m]["color"] for m in task_b}) == 8
     assert styles["everywhere"]["color"] != OKABE_ITO[-1]  # the widest-run method is drawn first, not in yellow
     assert method_styles(["b", "a"]) == method_styles(["a", "b"])  # order of the input does not matter
+    alone = method_styles([f"m{i}" for i in range(8)])  # no tasks given: all share one panel
+    assert len({s["color"] for s in alone.values()}) == 8
+    assert len(method_styles([f"m{i:02d}" for i in range(40)])) == 40  # past 32 pairs they repeat, no crash
 
 
 # --- rendered files ----------------------------------------------------------------------------------------

@@ -52,15 +52,17 @@ class Figure:
 
 
 def method_styles(methods: list[str], tasks: dict[str, set[str]] | None = None) -> dict[str, dict[str, Any]]:
-    """One colour and line style per method, the same in every figure; no two methods share both.
+    """One colour and line style per method, the same in every figure; no two methods share both
+    while there are pairs left (8 colours x 4 line styles; past 32 methods the pairs repeat).
 
-    ``tasks`` (method -> the tasks it ran on) lets methods that share a panel take different
-    colours while the palette lasts: each method (those run on most tasks first, then by name) takes the first (line style,
-    colour) pair no method has yet whose colour no method of its tasks has; only when a task has
-    more methods than colours does a colour repeat there (in as few of its tasks as possible), told
-    apart by its line style. The faint yellow is taken last.
+    ``tasks`` (method -> the tasks it ran on; without it, every method counts as sharing one panel)
+    lets methods that share a panel take different colours: greedily, each method (those run on
+    most tasks first, then by name) takes the free (line style, colour) pair whose colour is
+    already used in the fewest of its tasks, avoiding the faint yellow where it can. A task with
+    more methods than colours repeats some, told apart by line style; being greedy, the choice can
+    occasionally repeat a colour in a task that would not need to.
     """
-    tasks = tasks or {}
+    tasks = tasks or {m: {""} for m in methods}
     pairs = [(style, colour) for style in LINESTYLES for colour in OKABE_ITO]
     taken: dict[str, tuple[str, str]] = {}
 
@@ -69,8 +71,11 @@ def method_styles(methods: list[str], tasks: dict[str, set[str]] | None = None) 
         return sum(any(taken[m][1] == colour and task in tasks.get(m, set()) for m in taken)
                    for task in tasks.get(method, set()))
 
-    for method in sorted(methods, key=lambda m: (-len(tasks.get(m, ())), m)):  # the widest-run first
+    for i, method in enumerate(sorted(methods, key=lambda m: (-len(tasks.get(m, ())), m))):  # widest-run first
         free = [p for p in pairs if p not in taken.values()]
+        if not free:
+            taken[method] = pairs[i % len(pairs)]
+            continue
         # fewest clashes, then not the faint yellow, then the first in order (min keeps the first of equals)
         taken[method] = min(free, key=lambda p: (clashes(p[1], method), p[1] == OKABE_ITO[-1]))
     return {m: {"color": taken[m][1], "linestyle": taken[m][0]} for m in sorted(methods)}

@@ -31,6 +31,7 @@ from hpobench_elbo.report.summary import speedup_text, summary_rows
 
 TEMPLATES = Path(__file__).with_name("templates")
 RULE_HEADING = "The budget rule, written once:"
+HEADLINE_TASKS = 3  # per-task comparisons with grid search named in one headline sentence
 
 
 @dataclass(frozen=True)
@@ -117,7 +118,8 @@ def headline(rank_curves: list[tuple[stats.MethodGroup, pd.DataFrame]], paired: 
              finals: pd.DataFrame, references: dict[str, str]) -> list[str]:
     """A sentence or two per group of tasks that ran the same methods (``rank_curves`` from
     ``stats.grouped_rank_curves``, most blocks first): who ranks first at the full budget, and how
-    it fares against the task's grid search, seed by seed. Groups with no model are left out.
+    it fares against the task's grid search, seed by seed (at most ``HEADLINE_TASKS`` tasks named).
+    Groups with no model are left out.
     """
     if not np.isfinite(finals["final"].to_numpy(float)).any():
         return ["No method completed a trial yet: there is no model to compare."]
@@ -141,6 +143,8 @@ def headline(rank_curves: list[tuple[stats.MethodGroup, pd.DataFrame]], paired: 
             against = [f"its final test {row['metric']} is better than {row['reference']}'s on {row['wins']} of "
                        f"{row['pairs']} seeds of {row['task']} (median difference "
                        f"{fmt_signed(row['median_difference'])})" for _, row in mine_paired.iterrows()]
+            if len(against) > HEADLINE_TASKS:  # a sentence, not a table: the rest is in section 3
+                against = against[:HEADLINE_TASKS] + [f"{len(against) - HEADLINE_TASKS} more task(s) in section 3"]
             line += "; " + "; ".join(against) + "." if against else "."
         lines.append(line)
     return lines

@@ -81,10 +81,11 @@ def oriented(values: np.ndarray | pd.Series, direction: str) -> np.ndarray:
     return array if direction == "max" else -array
 
 
-def with_oriented(finals: pd.DataFrame) -> pd.DataFrame:
-    """``finals`` with an ``oriented`` column: the final value, negated where lower is better."""
-    sign = np.where(finals["direction"].to_numpy() == "max", 1.0, -1.0)
-    return finals.assign(oriented=finals["final"].to_numpy(float) * sign)
+def with_oriented(frame: pd.DataFrame, column: str = "final") -> pd.DataFrame:
+    """``frame`` (with a ``direction`` column) plus an ``oriented`` column: ``column``, negated where
+    lower is better."""
+    sign = np.where(frame["direction"].to_numpy() == "max", 1.0, -1.0)
+    return frame.assign(oriented=frame[column].to_numpy(float) * sign)
 
 
 def final_values(data: ReportData, traces: pd.DataFrame) -> pd.DataFrame:
@@ -110,14 +111,23 @@ def confidence_interval(values: np.ndarray, level: float = 0.95) -> tuple[float,
 
 
 def final_table(finals: pd.DataFrame) -> pd.DataFrame:
-    """Per task and method: final test metric at the budget, mean and 95% interval over seeds."""
+    """Per task and method: final test metric at the budget, mean and 95% interval over seeds.
+
+    ``best`` marks, per task, the methods whose mean is the best (highest, or lowest for a metric
+    to minimise; every tied method; none where no method has a model).
+    """
     rows = []
     for (task, method), group in finals.groupby(["task", "method"], sort=True):
         values = group["final"].to_numpy(dtype=float)
         mean, lo, hi = confidence_interval(values)
-        rows.append({"task": task, "method": method, "metric": group["metric"].iloc[0], "seeds": len(group),
+        rows.append({"task": task, "method": method, "metric": group["metric"].iloc[0],
+                     "direction": group["direction"].iloc[0], "seeds": len(group),
                      "with_model": int(np.isfinite(values).sum()), "mean": mean, "ci_low": lo, "ci_high": hi})
-    return pd.DataFrame.from_records(rows)
+    table = pd.DataFrame.from_records(rows, columns=["task", "method", "metric", "direction", "seeds", "with_model",
+                                                     "mean", "ci_low", "ci_high"])
+    oriented = with_oriented(table, "mean")["oriented"]
+    table["best"] = np.isfinite(oriented) & (oriented == oriented.groupby(table["task"]).transform("max"))
+    return table
 
 
 # --- time-to-target -----------------------------------------------------------------------------
@@ -179,11 +189,13 @@ def time_to_target_table(cell_times: pd.DataFrame, references: dict[str, str]) -
         scale, _ = display_unit(group["unit"].iloc[0])
         exact, bounds = [], []
         for seed, t in zip(group["seed"], times):
-            grid_time = ref_times.get((task, seed), np.nan)
-            if np.isfinite(t) and t > 0 and np.isfinite(grid_time):
+            grid_time, grid_spent = ref_times.get((task, seed), np.nan), ref_spent.get((task, seed), np.nan)
+            if not (np.isfinite(t) and t > 0):
+                continue
+            if np.isfinite(grid_time) and grid_time > 0:
                 exact.append(grid_time / t)
-            elif np.isfinite(t) and t > 0 and np.isfinite(ref_spent.get((task, seed), np.nan)):
-                bounds.append(ref_spent[(task, seed)] / t)
+            elif not np.isfinite(grid_time) and np.isfinite(grid_spent) and grid_spent > 0:
+                bounds.append(grid_spent / t)  # a grid cell that charged nothing bounds nothing
         rows.append({"task": task, "method": method, "seeds": len(group),
                      "reached": int(np.isfinite(times).sum()),
                      "median_time": float(np.nanmedian(times)) * scale if np.isfinite(times).any() else np.nan,

@@ -36,11 +36,10 @@ def summary_frame(results_dir: str | Path) -> pd.DataFrame:
 
 def summary_rows(data: ReportData, tables: dict[str, pd.DataFrame], references: dict[str, str]) -> pd.DataFrame:
     """The summary from the report's tables (``stats.report_tables``): one row per task and method,
-    in the tables' order, with ``best`` marking the best mean final value on each task."""
+    in the tables' order, with ``best`` from ``stats.final_table`` (the best mean final value on each task)."""
     final = tables["final"].set_index(["task", "method"])
     ttt = tables["time_to_target"].set_index(["task", "method"])
     use = tables["status"].set_index(["task", "method"])["data_use"]
-    directions = {task: direction for task, (_, direction) in stats.task_metrics(data).items()}
     rows = []
     for (task, method), row in final.iterrows():
         cells = data.cells[(data.cells["task"] == task) & (data.cells["method"] == method)]
@@ -48,20 +47,14 @@ def summary_rows(data: ReportData, tables: dict[str, pd.DataFrame], references: 
         rows.append({"task": task, "method": method, "grid": references.get(task) == method,
                      "data_use": use.get((task, method), ""), "metric": row["metric"], "seeds": int(row["seeds"]),
                      "finished": finished, "with_model": int(row["with_model"]), "mean": row["mean"],
-                     "ci_low": row["ci_low"], "ci_high": row["ci_high"],
+                     "ci_low": row["ci_low"], "ci_high": row["ci_high"], "best": bool(row["best"]),
                      "time_to_target": ttt.loc[(task, method), "median_time"],
                      "reached": int(ttt.loc[(task, method), "reached"]),
                      "speedup": ttt.loc[(task, method), "speedup"],
                      "speedup_at_least": ttt.loc[(task, method), "speedup_at_least"],
                      "censored": int(ttt.loc[(task, method), "censored"]), "budget": float(cells["budget"].iloc[0]),
                      "unit": display_unit(cells["unit"].iloc[0])[1]})
-    frame = pd.DataFrame.from_records(rows)
-    if frame.empty:
-        return frame.assign(best=pd.Series(dtype=bool))
-    sign = np.where(frame["task"].map(directions).to_numpy() == "min", -1.0, 1.0)
-    oriented = pd.Series(np.nan_to_num(frame["mean"].to_numpy(float) * sign, nan=-np.inf), index=frame.index)
-    frame["best"] = (oriented == oriented.groupby(frame["task"]).transform("max")) & np.isfinite(oriented)
-    return frame
+    return pd.DataFrame.from_records(rows)
 
 
 def _number(value: float, digits: int = 3) -> str:
