@@ -195,6 +195,24 @@ def test_the_headline_names_the_best_ranked_method_and_its_record_against_grid(r
         assert f"on {row['wins']} of {row['pairs']} seeds of digits-mlp" in line
 
 
+def test_the_machine_load_is_recorded_by_the_ledger_and_shown_by_the_report(report_run: Path,
+                                                                            report: Report) -> None:
+    from hpobench_elbo.engine.ledger import SCHEMA_VERSION, read_ledger
+    from hpobench_elbo.report.html import load_text
+
+    contents = read_ledger(sorted(report_run.glob("*.jsonl"))[0])
+    assert contents.header["schema"] == SCHEMA_VERSION == 4
+    machine = contents.header["machine"]
+    assert machine["cpus"] == os.cpu_count() and len(machine["load"]) == 3  # Linux has load averages
+    assert contents.rows and all(isinstance(r["machine"]["load"], float) for r in contents.rows)
+    assert isinstance(contents.end["machine"]["load"], float)
+    status = report.tables["status"]
+    assert status["load_max"].notna().all() and (status["load_max"] >= 0).all()
+    assert report.provenance["load"].startswith("1-minute load average: median over cells")
+    older = pd.DataFrame({"load_median": [np.nan], "load_max": [np.nan], "cpus": [np.nan]})
+    assert load_text(older).startswith("not recorded")  # ledgers written before schema 4
+
+
 # --- figures: one line per method, data and SVG --------------------------------------------------------
 
 def test_curve_figures_have_one_line_per_method(report: Report) -> None:

@@ -1,6 +1,6 @@
 """The ledger: an append-only JSONL journal per cell, the single source of truth for results.
 
-This docstring is the one place the schema is documented. Current version: 3. One JSON object
+This docstring is the one place the schema is documented. Current version: 4. One JSON object
 per line:
 
 * line 1, ``{"type": "header", ...}``: ``schema``, ``suite``, ``suite_hash``, ``cell`` (task,
@@ -11,7 +11,9 @@ per line:
   ``oversubscribed`` (when allowed: jobs, threads, cpus);
   since version 2: ``recipe`` (the task's training recipe, ``contracts.Recipe``; null for a task
   that trains nothing), ``validation`` (the method's: ``selection``, ``hypergradient``, ``none``)
-  and ``data_use`` (what data the method trained and selected on, in words).
+  and ``data_use`` (what data the method trained and selected on, in words); since version 4:
+  ``machine`` (``cpus``: the machine's logical CPUs; ``load``: its 1-, 5- and 15-minute load
+  averages when the cell started; absent where the platform has no load average).
 * then one ``{"type": "trial", ...}`` line per finished trial (any status), fsynced: the
   ``TrialResult`` fields (``trial_id``, ``kind``, ``config``, ``tuner``, ``data``, ``status``,
   ``cost`` per phase, ``steps``, ``planned_steps``, ``score``, ``score_name``, ``metrics``,
@@ -23,15 +25,19 @@ per line:
   plus ``recommendation`` (the trial the method would deploy
   after this one), ``spent`` (cumulative charged cost), ``meter`` (cumulative cost per phase, so a
   resume restores the meter exactly), ``unit`` and ``time`` (ISO timestamp, informative). A refit
-  row also carries ``stop_reason``.
+  row also carries ``stop_reason``. Since version 4 every trial row carries ``machine``: ``{"load": the
+  machine's 1-minute load average when the row was written}`` (so a reader sees the load while the
+  cell ran, trial by trial; absent where the platform has none).
 * last, once the cell has finished, ``{"type": "end", "reason": ..., "spent": ..., "recommendation":
-  ..., "overshoot": ..., "meter": ...}``.
+  ..., "overshoot": ..., "meter": ...}``, and since version 4 ``machine`` as on a trial row.
 
 Versions: each change bumps :data:`SCHEMA_VERSION`; new fields are optional and :func:`migrate`
 brings every older version to the current one on read, so committed ledgers stay readable.
 
 * 1 -> 2: the header gains ``recipe``, ``validation`` and ``data_use`` (read as null / "unknown").
 * 2 -> 3: trial rows gain ``stage_costs`` (read as ``{}``: older rows tell no prefix).
+* 3 -> 4: header, trial rows and the end record gain ``machine`` (the machine's load; older
+  ledgers simply lack it, and readers say "not recorded").
 
 A torn last line (a crash mid-write) is moved to ``<file>.torn`` with a warning and the run goes
 on; damage before the last line stops with a ``LedgerError`` naming the file and line.
@@ -63,8 +69,20 @@ def documented_fields(record: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in record.items() if k not in UNDOCUMENTED_FIELDS}
 
 
-SCHEMA_VERSION = 3
-KNOWN_VERSIONS = (1, 2, 3)
+SCHEMA_VERSION = 4
+KNOWN_VERSIONS = (1, 2, 3, 4)
+
+
+def machine_load(start: bool = False) -> dict[str, Any]:
+    """The ``machine`` field of a record: the load averages now (all three and the CPU count for a
+    header, ``start``; the 1-minute one otherwise); empty where the platform has no load average."""
+    try:
+        one, five, fifteen = os.getloadavg()
+    except (AttributeError, OSError):
+        return {"cpus": os.cpu_count()} if start else {}
+    if start:
+        return {"cpus": os.cpu_count(), "load": [round(one, 2), round(five, 2), round(fifteen, 2)]}
+    return {"load": round(one, 2)}
 
 
 def migrate(header: dict[str, Any]) -> dict[str, Any]:
@@ -258,7 +276,7 @@ class Ledger:
             cls._move_torn(path, path.read_text(encoding="utf-8", errors="replace"))  # a torn header line
         if not path.exists() or path.stat().st_size == 0:
             full = {"type": "header", "schema": SCHEMA_VERSION, **header,
-                    "created": datetime.now(timezone.utc).isoformat()}
+                    "created": datetime.now(timezone.utc).isoformat(), "machine": machine_load(start=True)}
             tmp = path.with_name(path.name + ".tmp")  # written whole, then renamed: never a 0-byte ledger
             try:
                 with open(tmp, "w", encoding="utf-8") as fh:
@@ -301,7 +319,7 @@ class Ledger:
 
     def append(self, row: Mapping[str, Any], kind: str = "trial") -> None:
         """Append one finished trial (or the ``end`` record) and fsync before returning."""
-        record = {"type": kind, **row, "time": datetime.now(timezone.utc).isoformat()}
+        record = {"type": kind, **row, "time": datetime.now(timezone.utc).isoformat(), "machine": machine_load()}
         line = json.dumps(record, sort_keys=True, allow_nan=False) + "\n"
         with open(self.path, "a", encoding="utf-8") as fh:
             fh.write(line)

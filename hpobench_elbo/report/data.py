@@ -121,7 +121,24 @@ def cell_record(contents: LedgerContents) -> dict[str, Any]:
         "budget": float(cell["budget"]), "unit": h["unit"], "metric": h.get("metric") or "accuracy",
         "direction": h.get("direction", "max"), "n_rows": len(contents.rows), "spent": float(spent or 0.0),
         "end_reason": end.get("reason", "not finished"), "data_use": h.get("data_use"),
+        **machine_loads(contents),
     }
+
+
+def machine_loads(contents: LedgerContents) -> dict[str, float]:
+    """The machine's 1-minute load average while the cell ran (ledger schema 4: at the start, at
+    each trial row and at the end): ``load_median``, ``load_max`` (NaN where none was recorded)
+    and ``cpus`` (the machine's logical CPUs, NaN where unknown)."""
+    start = contents.header.get("machine") or {}
+    readings = [start["load"][0]] if isinstance(start.get("load"), list) and start["load"] else []
+    for record in (*contents.rows, contents.end or {}):
+        load = (record.get("machine") or {}).get("load")
+        if isinstance(load, (int, float)) and not isinstance(load, bool):
+            readings.append(float(load))
+    values = np.array(readings, dtype=float)
+    return {"load_median": float(np.median(values)) if values.size else np.nan,
+            "load_max": float(values.max()) if values.size else np.nan,
+            "cpus": float(start["cpus"]) if isinstance(start.get("cpus"), int) else np.nan}
 
 
 TRAJECTORY_COLUMNS = ["cell_id", "task", "method", "seed", "trial_id", "param", "cost", "value"]

@@ -188,8 +188,20 @@ def provenance(data: ReportData) -> dict[str, Any]:
         "runs": f"{created[0]} to {created[-1]}" if created else "not recorded",
         "report_date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "cells": len(data.cells), "rows": len(data.rows), "source": str(data.source),
-        "budget_rule": budget_rule(headers),
+        "budget_rule": budget_rule(headers), "load": load_text(data.cells),
     }
+
+
+def load_text(cells: pd.DataFrame) -> str:
+    """The machine's load while the cells ran, in words (ledger schema 4 records it)."""
+    recorded = cells[cells["load_max"].notna()]
+    if recorded.empty:
+        return "not recorded in these ledgers (written before ledger schema 4)"
+    cpus = sorted({int(c) for c in recorded["cpus"].dropna()})
+    text = (f"1-minute load average: median over cells {recorded['load_median'].median():.2f}, highest "
+            f"{recorded['load_max'].max():.2f}" + (f", on {' / '.join(map(str, cpus))} logical CPUs" if cpus else ""))
+    missing = len(cells) - len(recorded)
+    return text + (f"; not recorded in {missing} older ledger(s)" if missing else "")
 
 
 def recipe_text(recipe: Any) -> str:

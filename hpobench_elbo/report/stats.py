@@ -223,7 +223,8 @@ def derived_data_use(rows: pd.DataFrame) -> str:
 
 
 def status_table(data: ReportData) -> pd.DataFrame:
-    """Per task and method: trials by status, refits, cache hits, cost saved, overshoot, data use."""
+    """Per task and method: trials by status, refits, cache hits, cost saved, overshoot, data use and
+    the highest 1-minute machine load recorded while its cells ran (NaN where none was)."""
     out = []
     for (task, method), cells in data.cells.groupby(["task", "method"], sort=True):
         rows = data.rows[data.rows["cell_id"].isin(cells["cell_id"])] if not data.rows.empty else data.rows
@@ -242,6 +243,7 @@ def status_table(data: ReportData) -> pd.DataFrame:
             "data_use": "; ".join(header_use) if header_use else derived_data_use(rows),
             "data_use_source": "ledger header" if header_use else "trial rows",
             "end": ", ".join(sorted(set(cells["end_reason"]))),
+            "load_max": float(cells["load_max"].max()) if cells["load_max"].notna().any() else np.nan,
         })
     return pd.DataFrame.from_records(out)
 
