@@ -13,16 +13,17 @@ import pytest
 import yaml
 
 from hpobench_elbo import api, cli, export_parquet, load_results
-from hpobench_elbo.engine.ledger import SCHEMA_VERSION, read_ledger
+from hpobench_elbo.engine.ledger import SCHEMA_VERSION, documented_fields, read_ledger
 from hpobench_elbo.engine.seeds import SEED_NAMES
 
 from conftest import SMALL_SUITE, ledgers, read_jsonl, write_suite
 
-VOLATILE = ("time", "created")  # informative timestamps: the only fields allowed to differ between runs
 
 
 def stable(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [{k: v for k, v in r.items() if k not in VOLATILE} for r in records]
+    """Records without the fields that describe when and where they were written (timestamps, the
+    machine's load ...: ``ledger.UNDOCUMENTED_FIELDS``), the only ones allowed to differ between runs."""
+    return [documented_fields(r) for r in records]
 
 
 def copy_results(src: Path, dst: Path) -> Path:
