@@ -67,6 +67,18 @@ class Recipe:
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def scheduled_lr(self, lr: float, step: int) -> float:
+        """The base rate ``lr`` at ``step`` (counted from 0) under the schedule: ``lr`` itself when
+        ``constant``, else the cosine annealing 0.5 lr (1 + cos(pi step / steps)). The one
+        definition of the schedule: the recipe's optimizer and any tuner that follows the recipe
+        with its own update (``scheduled_lr(1.0, step)``: the factor of a learned rate) read it here."""
+        return lr if self.schedule == "constant" else cosine_lr(lr, step, self.steps)
+
+
+def cosine_lr(lr: float, step: int, total_steps: int) -> float:
+    """The learning rate at ``step`` of a cosine annealing from ``lr`` to 0 over ``total_steps``."""
+    return 0.5 * lr * (1.0 + math.cos(math.pi * step / max(1, total_steps)))
+
 
 @dataclass(frozen=True)
 class TaskInfo:

@@ -50,13 +50,17 @@ def mse(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def start(tuner: Any, model: nn.Module, config: dict[str, float], prior_mean: dict | None = None,
-          steps: int = 100) -> Any:
+          steps: int = 100, recipe: Recipe | None = None, space: SearchSpace = SGD_SPACE) -> Any:
     setup = TrainSetup(loss_fn=mse, n_train=40, n_data=50, total_steps=steps, batch_size=40,
                        prior_mean=prior_mean or {}, generator=torch.Generator().manual_seed(0),
-                       meter=BudgetMeter(1e12, CountingClock()), recipe=Recipe(steps=steps, batch_size=None),
+                       meter=BudgetMeter(1e12, CountingClock()), recipe=recipe or Recipe(steps=steps, batch_size=None),
                        make_optimizer=no_recipe_optimizer)
-    tuner.init(model, info(), config, setup)
+    tuner.init(model, info(space), config, setup)
     return tuner
+
+
+TIGHT = Recipe(steps=12, batch_size=None, clip_norm=0.05)
+"""A recipe whose clipping acts on every step of the toy problems (gradient norms are well above 0.05)."""
 
 
 def data(d: int = 6, n: int = 40, seed: int = 0) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
@@ -111,13 +115,14 @@ def test_plain_steps_are_pytorch_sgd_with_weight_decay_and_momentum() -> None:
     torch.testing.assert_close(ours.weight, ref.weight, rtol=1e-13, atol=1e-15)
 
 
-@pytest.mark.parametrize("case", ["least-squares", "hdlr", "mlp"])
+@pytest.mark.parametrize("case", ["least-squares", "hdlr", "mlp", "mlp-recipe"])
 @pytest.mark.parametrize("terms", [1, 5, 20])
 def test_neumann_hypergradient_equals_the_dense_formula(case: str, terms: int) -> None:
     train, val = data()
-    model = mlp() if case == "mlp" else linear()
-    tuner = start(NeumannTuner(update_interval=3, neumann_terms=terms, per_element_lr=case == "hdlr"), model,
-                  {"lr": 0.03, "weight_decay": 1e-2, "momentum": 0.6})
+    model = mlp() if case.startswith("mlp") else linear()
+    recipe = case.endswith("recipe")  # the clipped, scheduled Nesterov update is differentiated as it is
+    tuner = start(NeumannTuner(update_interval=3, neumann_terms=terms, per_element_lr=case == "hdlr", recipe=recipe),
+                  model, {"lr": 0.03, "weight_decay": 1e-2, "momentum": 0.6}, recipe=TIGHT if recipe else None)
     for step in range(2):  # plain steps: a non-zero momentum buffer
         tuner.step(model, train, step, lambda: val)
     names = list(tuner.params)
@@ -132,6 +137,8 @@ def test_neumann_hypergradient_equals_the_dense_formula(case: str, terms: int) -
         _, step_u, _ = tuner.update(weights, train, buffers, unflat(phi, shapes_phi), create_graph=True)
         return flat(list(step_u.values()))
 
+    if recipe:  # the clipping and the schedule act at the differentiated step
+        assert grad_norm(model, train) > 2 * TIGHT.clip_norm and 0.5 < TIGHT.scheduled_lr(1.0, 2) < 1.0
     tuner.step(model, train, 2, lambda: val)  # the differentiated step and its hyper-step
     got = flat(list(tuner.last_hypergradient.values()))
 
@@ -281,10 +288,63 @@ def test_specs_validate_replay_and_build_their_tuner(name: str, space: SearchSpa
     assert len({json.dumps(s.to_json(), sort_keys=True) for s in specs}) == 5  # a new draw per run
     for spec in specs:
         space.validate(spec.config)
-        assert spec.data == ("all" if name == "random-fixed" else "split")
+        assert spec.data == ("all" if name.startswith("random-fixed") else "split")
         tuner = TUNERS[spec.tuner.name](**spec.tuner.options)
         assert ("momentum_init" in spec.tuner.options) == ("momentum" not in space.names)
+        assert spec.tuner.options.get("recipe", False) is name.endswith("-recipe") is tuner.recipe
         assert hasattr(tuner, "trajectory")
+
+
+# ---------------------------------------------------------------------------------------------
+# The -recipe variants: the paper's update with the task's recipe where nothing is learned
+# ---------------------------------------------------------------------------------------------
+
+def grad_norm(model: nn.Module, batch: tuple[torch.Tensor, ...]) -> float:
+    grads = torch.autograd.grad(mse(model(batch[0]), batch[1]), list(model.parameters()))
+    return float(torch.sqrt(sum((g * g).sum() for g in grads)))
+
+
+@pytest.mark.parametrize("learning", [False, True], ids=["fixed", "neumann-between-hyper-steps"])
+def test_recipe_variant_follows_the_recipe_optimizer_step_by_step(learning: bool) -> None:
+    from hpobench_elbo.tasks.training import RecipeOptimizer, SGDTuner
+
+    (x, y), val = data()
+    config = {"lr": 0.2, "weight_decay": 0.01, "momentum": 0.7}
+    ours, ref, paper = mlp(), mlp(), mlp()
+    tuner = start(NeumannTuner(update_interval=1000, recipe=True) if learning else FixedTuner(recipe=True),
+                  ours, config, steps=TIGHT.steps, recipe=TIGHT)
+    sgd = SGDTuner()
+    sgd.init(ref, info(), config, TrainSetup(
+        loss_fn=mse, n_train=40, n_data=50, total_steps=TIGHT.steps, batch_size=40, prior_mean={},
+        generator=torch.Generator().manual_seed(0), meter=BudgetMeter(1e12, CountingClock()), recipe=TIGHT,
+        make_optimizer=lambda groups, clip_params=None: RecipeOptimizer(TIGHT, groups, clip_params)))
+    plain = start(FixedTuner(), paper, config, steps=TIGHT.steps, recipe=TIGHT)  # the paper's update ignores it
+    for step in range(TIGHT.steps):
+        assert grad_norm(ours, (x, y)) > 2 * TIGHT.clip_norm  # clipping acts at this step
+        tuner.step(ours, (x, y), step, lambda: val)
+        sgd.step(ref, (x, y), step, None)
+        plain.step(paper, (x, y), step, None)
+        for a, b in zip(ours.parameters(), ref.parameters()):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    assert tuner.lr_scale() < 0.05  # the cosine factor near the end of the run
+    assert max(float((a - b).detach().abs().max()) for a, b in zip(ours.parameters(), paper.parameters())) > 1e-3
+
+
+def test_recipe_momentum_replaces_the_draw_only_where_momentum_is_neither_learned_nor_searched() -> None:
+    model = mlp(d=4)
+    prior = {n: p.detach().clone() for n, p in model.named_parameters() if n.startswith("0.")}
+    config = {"lr": 0.01, "alpha": 1e-3, "beta": 1e-3}
+    recipe = Recipe(steps=10, batch_size=None, momentum=0.9)
+    fixed_lr = start(NeumannTuner(learn=["decay"], momentum_init=0.3, recipe=True), copy.deepcopy(model), config,
+                     prior, recipe=recipe, space=L2SP_SPACE)
+    assert fixed_lr.hp.fixed["momentum"] == 0.9 and fixed_lr.nesterov  # lorraine-recipe: the recipe's
+    learned = start(NeumannTuner(momentum_init=0.3, recipe=True), copy.deepcopy(model), config, prior,
+                    recipe=recipe, space=L2SP_SPACE)
+    assert "momentum" in learned.hp.names  # implicit-recipe: learned from its draw
+    assert float(torch.sigmoid(learned.hp.leaves()[learned.hp.names.index("momentum")])) == pytest.approx(0.3)
+    paper = start(NeumannTuner(learn=["decay"], momentum_init=0.3), copy.deepcopy(model), config, prior,
+                  recipe=recipe, space=L2SP_SPACE)
+    assert paper.hp.fixed["momentum"] == 0.3 and not paper.nesterov and paper.clip_norm is None
 
 
 def test_options_and_applicability_are_checked() -> None:

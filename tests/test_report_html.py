@@ -201,7 +201,7 @@ def test_the_machine_load_is_recorded_by_the_ledger_and_shown_by_the_report(repo
     from hpobench_elbo.report.html import load_text
 
     contents = read_ledger(sorted(report_run.glob("*.jsonl"))[0])
-    assert contents.header["schema"] == SCHEMA_VERSION == 4
+    assert contents.header["schema"] == SCHEMA_VERSION >= 4
     machine = contents.header["machine"]
     assert machine["cpus"] == os.cpu_count() and len(machine["load"]) == 3  # Linux has load averages
     assert contents.rows and all(isinstance(r["machine"]["load"], float) for r in contents.rows)

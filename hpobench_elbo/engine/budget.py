@@ -13,6 +13,11 @@ The budget rule, written once:
   recommended. ``diverged`` and ``failed`` trials are recorded with their cost and the cell goes on.
 * A reserve (the estimated refit cost) can be held back: while it is set, work is refused once only
   the reserve is left, so search trials are cut there and the refit finds its reserve intact.
+* The refit guard: a refit (the selected configuration retrained on all N) is deployed only when
+  it completes ok with a finite final training loss no worse than 1.5 x the selected trial's + 0.05
+  (``REFIT_LOSS_FACTOR``, ``REFIT_LOSS_SLACK``); otherwise it is recorded as rejected, with the
+  reason, and the selected trial's own model stays deployed. Either way the refit's cost stays
+  charged.
 
 Units nest: a tuner's extra work (``hyper``) inside a training step is charged to ``hyper`` and
 excluded from the step's ``train`` charge, so no time is counted twice.
@@ -27,6 +32,14 @@ from hpobench_elbo.contracts import PHASES
 from hpobench_elbo.engine.clock import Clock
 
 RECORDED_PHASES = (*PHASES, "test")
+REFIT_LOSS_FACTOR = 1.5
+REFIT_LOSS_SLACK = 0.05
+"""The refit guard's margin: a completed refit is rejected when its final training loss (the
+``train_loss`` metric: the mean of the last ten minibatch losses, in the task's loss units,
+e.g. standardised MSE or cross-entropy) is not finite or exceeds ``REFIT_LOSS_FACTOR`` times the
+selected trial's plus ``REFIT_LOSS_SLACK``. The slack keeps minibatch noise on a near-zero
+loss from rejecting a sound refit; a refit that collapsed (a regression net that predicts the mean
+has a standardised training MSE near 1) is far beyond it."""
 
 
 class _Unit:

@@ -1,6 +1,6 @@
 """The ledger: an append-only JSONL journal per cell, the single source of truth for results.
 
-This docstring is the one place the schema is documented. Current version: 4. One JSON object
+This docstring is the one place the schema is documented. Current version: 5. One JSON object
 per line:
 
 * line 1, ``{"type": "header", ...}``: ``schema``, ``suite``, ``suite_hash``, ``cell`` (task,
@@ -25,7 +25,11 @@ per line:
   plus ``recommendation`` (the trial the method would deploy
   after this one), ``spent`` (cumulative charged cost), ``meter`` (cumulative cost per phase, so a
   resume restores the meter exactly), ``unit`` and ``time`` (ISO timestamp, informative). A refit
-  row also carries ``stop_reason``. Since version 4 every trial row carries ``machine``: ``{"load": the
+  row also carries ``stop_reason``, and since version 5 ``refit_status`` (the refit guard's verdict,
+  ``engine/loop.refit_verdict``: ``accepted``, the refit is deployed; ``rejected``, it ended
+  other than ok or its final training loss was not finite or beyond the margin of the selected
+  trial's, whose model stays deployed (``recommendation``); ``unchecked``, no training loss to
+  compare, deployed) and ``refit_reason`` (why, for rejected and unchecked). Since version 4 every trial row carries ``machine``: ``{"load": the
   machine's 1-minute load average when the row was written}`` (so a reader sees the load while the
   cell ran, trial by trial; absent where the platform has none).
 * last, once the cell has finished, ``{"type": "end", "reason": ..., "spent": ..., "recommendation":
@@ -38,6 +42,8 @@ brings every older version to the current one on read, so committed ledgers stay
 * 2 -> 3: trial rows gain ``stage_costs`` (read as ``{}``: older rows tell no prefix).
 * 3 -> 4: header, trial rows and the end record gain ``machine`` (the machine's load; older
   ledgers simply lack it, and readers say "not recorded").
+* 4 -> 5: refit rows gain ``refit_status`` and ``refit_reason`` (older refits were deployed
+  unchecked whenever they completed ok; readers show no verdict for them).
 
 A torn last line (a crash mid-write) is moved to ``<file>.torn`` with a warning and the run goes
 on; damage before the last line stops with a ``LedgerError`` naming the file and line.
@@ -69,8 +75,8 @@ def documented_fields(record: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in record.items() if k not in UNDOCUMENTED_FIELDS}
 
 
-SCHEMA_VERSION = 4
-KNOWN_VERSIONS = (1, 2, 3, 4)
+SCHEMA_VERSION = 5
+KNOWN_VERSIONS = (1, 2, 3, 4, 5)
 
 
 def machine_load(start: bool = False) -> dict[str, Any]:
@@ -146,6 +152,7 @@ class TrialRecord(_Record):
     recommendation: StrictInt | None
     spent: float
     meter: dict[str, float]
+    refit_status: Literal["accepted", "rejected", "unchecked"] | None = None
 
 
 class EndRecord(_Record):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import platform
 import signal
@@ -41,7 +42,7 @@ from hpobench_elbo.contracts import (
     Tuner,
     TunerSpec,
 )
-from hpobench_elbo.engine.budget import BudgetExhausted, BudgetMeter
+from hpobench_elbo.engine.budget import REFIT_LOSS_FACTOR, REFIT_LOSS_SLACK, BudgetExhausted, BudgetMeter
 from hpobench_elbo.engine.cache import CacheView, StageCache
 from hpobench_elbo.engine.clock import make_clock
 from hpobench_elbo.engine.faults import fault_point
@@ -149,6 +150,27 @@ def paid_prefixes(info: TaskInfo, results: list[TrialResult]) -> tuple[PaidPrefi
             if key not in seen:
                 seen[key] = PaidPrefix(tuple(names[:k]), values, tuple(result.stage_costs[n] for n in names[:k]))
     return tuple(seen.values())
+
+
+def refit_verdict(selected: TrialResult, refit: TrialResult) -> tuple[str, str | None]:
+    """The refit guard: (``refit_status``, reason) of a refit that completed ``ok`` (one that did not
+    is ``rejected`` by the loop, its status the reason).
+
+    ``accepted`` (reason None): its final training loss is finite and within the margin of the
+    selected trial's (:data:`REFIT_LOSS_FACTOR`, :data:`REFIT_LOSS_SLACK`); ``rejected``: it is not
+    finite or beyond the margin, and the selected trial's own model stays deployed; ``unchecked``:
+    one of the two recorded no training loss (a task that trains nothing), the refit is deployed.
+    """
+    mine, theirs = refit.metrics.get("train_loss"), selected.metrics.get("train_loss")
+    if mine is None or theirs is None or not math.isfinite(theirs):
+        return "unchecked", "no finite training loss recorded to compare"
+    if not math.isfinite(mine):
+        return "rejected", f"refit training loss {mine} is not finite"
+    limit = REFIT_LOSS_FACTOR * theirs + REFIT_LOSS_SLACK
+    if mine > limit:
+        return "rejected", (f"refit training loss {mine:.4g} > {REFIT_LOSS_FACTOR:g} x the selected trial's "
+                            f"{theirs:.4g} + {REFIT_LOSS_SLACK:g} = {limit:.4g}")
+    return "accepted", None
 
 
 def data_use(validation: str, refit: bool) -> str:
@@ -369,9 +391,14 @@ class CellRunner:
         self.meter.reserve = 0.0
         result = self._test(self._execute(spec))
         if result.status == "ok":
+            verdict, reason = refit_verdict(chosen, result)
+        else:  # never deployed: the selected trial's model stays
+            verdict, reason = "rejected", f"the refit ended {result.status}" + (f": {result.error}" if result.error else "")
+        if verdict != "rejected":
             self.recommendation = spec.trial_id
+        guard = {"refit_status": verdict, **({"refit_reason": reason} if reason else {})}
         self.refit_done = True
-        self._record(result, before, stop_reason=self.stop_reason)
+        self._record(result, before, stop_reason=self.stop_reason, **guard)
 
     # -- the cell ---------------------------------------------------------------------------
     def run(self) -> CellSummary:

@@ -223,7 +223,8 @@ def derived_data_use(rows: pd.DataFrame) -> str:
 
 
 def status_table(data: ReportData) -> pd.DataFrame:
-    """Per task and method: trials by status, refits, cache hits, cost saved, overshoot, data use and
+    """Per task and method: trials by status, refits (and how many the refit guard rejected: the
+    selected trial's model stayed deployed), cache hits, cost saved, overshoot, data use and
     the highest 1-minute machine load recorded while its cells ran (NaN where none was)."""
     out = []
     for (task, method), cells in data.cells.groupby(["task", "method"], sort=True):
@@ -235,6 +236,8 @@ def status_table(data: ReportData) -> pd.DataFrame:
             "task": task, "method": method, "seeds": len(cells),
             "trials": int((rows["kind"] == "trial").sum()) if not rows.empty else 0,
             "refits": int((rows["kind"] == "refit").sum()) if not rows.empty else 0,
+            "rejected_refits": int(((rows["kind"] == "refit") & (rows["refit_status"] == "rejected")).sum())
+            if not rows.empty and "refit_status" in rows else 0,
             **{status: int(statuses.get(status, 0)) for status in STATUSES},
             "cache_hits": int(rows["cache_hits"].sum()) if not rows.empty else 0,
             "cost_saved": float(rows["cost_saved"].sum()) * scale if not rows.empty else 0.0,

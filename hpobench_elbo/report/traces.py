@@ -39,7 +39,9 @@ def load_results(path: str | Path) -> pd.DataFrame:
     ``steps``, ``n_train``, ``score`` and ``score_name`` (what the method selects on, lower is
     better), ``spent`` (cumulative charged cost after the trial), ``cost`` (the trial's charged cost,
     ask and tell included), ``overshoot``, ``recommendation`` (the trial the method would deploy
-    after this one), ``cache_hits``, ``cost_saved``, ``error``, ``config`` (JSON); and one column
+    after this one), ``cache_hits``, ``cost_saved``, ``error``, ``config`` (JSON), ``refit_status``
+    (a refit's guard verdict: accepted / rejected / unchecked; None for trials and for refits of
+    ledger schema < 5) and ``refit_reason``; and one column
     per entry: ``cost_<phase>`` (``test`` is recorded, not charged), ``config_<param>``,
     ``metric_<name>`` (training/validation metrics) and ``test_<name>`` (test metrics).
     """
@@ -72,6 +74,7 @@ def ledger_records(contents: LedgerContents) -> list[dict[str, Any]]:
             "overshoot": row["overshoot"], "recommendation": row["recommendation"],
             "cache_hits": row["cache_hits"], "cost_saved": row["cost_saved"], "error": row["error"],
             "config": json.dumps(row["config"], sort_keys=True),
+            "refit_status": row.get("refit_status"), "refit_reason": row.get("refit_reason"),
         }
         record.update({f"cost_{k}": v for k, v in row["cost"].items()})
         record.update({f"config_{k}": v for k, v in row["config"].items()})

@@ -1,7 +1,7 @@
 """One-pass implicit-differentiation hypergradients (Clarke, Oldewage, Hernandez-Lobato, ICLR 2022).
 
 Methods: ``implicit``, ``implicit-hdlr``, ``lorraine``, ``baydin``, ``diff-through-opt``,
-``random-fixed`` (``method.py``); tuners: ``implicit-neumann``, ``implicit-unrolled``,
+``random-fixed`` and their ``-recipe`` variants under the task's recipe (``method.py``); tuners: ``implicit-neumann``, ``implicit-unrolled``,
 ``implicit-fixed`` (``tuner.py``); the equations in ``hypergrad.py``. See docs/methods/implicit.md.
 """
 

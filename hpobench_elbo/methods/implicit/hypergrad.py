@@ -8,7 +8,11 @@
   d = grad L_T(w) + decay term, b_new = mu b_old + d, u = eta * b_new (b_old a constant: the
   momentum history is detached). Decay terms: ``weight_decay`` gamma adds gamma w to the gradient;
   the L2-SP strengths add the gradient of alpha ||w_b - w_pretrained||^2 (backbone = names of the
-  prior mean) and beta ||w_head||^2.
+  prior mean) and beta ||w_head||^2. With the task's recipe (the ``-recipe`` variants) the same
+  map takes three recipe items, each a differentiable change of u: the loss gradient g is clipped
+  to total norm c first, g <- g min(1, c / (||g|| + 1e-6)) (before the decay terms, where PyTorch's
+  SGD adds weight decay after ``clip_grad_norm_``); the step is Nesterov's, u = s eta (d + mu b_new);
+  and s, the schedule's factor at this step (cosine: (1 + cos(pi t / T)) / 2), multiplies eta.
 * :func:`neumann_hypergradient` is Algorithm 1: -v^T sum_{j<i} (I - du/dw)^j du/dphi, by
   vector-Jacobian products only (``torch.autograd.grad`` with ``grad_outputs``).
 """
@@ -135,16 +139,34 @@ def loss_and_gradient(model: nn.Module, loss_fn: Callable[..., torch.Tensor], we
     return loss, dict(zip(weights.keys(), grads))
 
 
+CLIP_EPS = 1e-6
+"""Added to the gradient norm in the clipping factor c / (||g|| + eps), as ``torch.nn.utils.clip_grad_norm_``."""
+
+
+def clip_factor(grads: Mapping[str, torch.Tensor], clip_norm: float) -> torch.Tensor:
+    """min(1, c / (||g|| + eps)) over the total norm of every gradient (differentiable: with a graph
+    in ``grads`` the factor carries it)."""
+    total = torch.sqrt(sum((g * g).sum() for g in grads.values()))
+    return torch.clamp(clip_norm / (total + CLIP_EPS), max=1.0)
+
+
 def sgd_update(weights: Mapping[str, torch.Tensor], grads: Mapping[str, torch.Tensor],
                buffers: Mapping[str, torch.Tensor] | None, hp: Mapping[str, Any],
-               prior_mean: Mapping[str, torch.Tensor]) -> tuple[Tensors, Tensors]:
+               prior_mean: Mapping[str, torch.Tensor], *, clip_norm: float | None = None,
+               nesterov: bool = False, lr_scale: float = 1.0) -> tuple[Tensors, Tensors]:
     """(u, b_new) of SGD with decay and heavy-ball momentum; ``w_new = w - u``.
 
     ``buffers`` None is an empty history (b_new = d, as PyTorch's first step). ``hp`` holds natural
     values (numbers or tensors): ``lr`` (or {parameter: tensor}), ``momentum`` and decay keys.
+    The recipe's items (module doc): ``clip_norm`` clips the loss gradients' total norm before the
+    decay terms (None: unclipped), ``nesterov`` takes Nesterov's step u = eta (d + mu b_new), and
+    ``lr_scale`` (the schedule's factor) multiplies every learning rate. The defaults are the paper's update.
     """
     lr, mu = hp["lr"], hp.get("momentum", 0.0)
     gamma, alpha, beta = hp.get("weight_decay"), hp.get("alpha"), hp.get("beta")
+    if clip_norm is not None:
+        factor = clip_factor(grads, clip_norm)
+        grads = {name: g * factor for name, g in grads.items()}
     u: Tensors = {}
     b_new: Tensors = {}
     for name, w in weights.items():
@@ -158,7 +180,9 @@ def sgd_update(weights: Mapping[str, torch.Tensor], grads: Mapping[str, torch.Te
             d = d + 2.0 * beta * w
         b = d if buffers is None else mu * buffers[name] + d
         b_new[name] = b
-        u[name] = (lr[name] if isinstance(lr, dict) else lr) * b
+        rate = lr[name] if isinstance(lr, dict) else lr
+        step = d + mu * b if nesterov else b
+        u[name] = (rate * lr_scale if lr_scale != 1.0 else rate) * step
     return u, b_new
 
 

@@ -19,6 +19,13 @@ method              tuner               learns
 ``diff-through-opt`` implicit-unrolled  decay + lr + momentum, exact through the last 5 of 10 steps
 ``random-fixed``    implicit-fixed      nothing
 =================== =================== =============================================================
+
+Each has a ``-recipe`` variant (``implicit-recipe``, ``implicit-hdlr-recipe``, ``lorraine-recipe``,
+``baydin-recipe``, ``diff-through-opt-recipe``, ``random-fixed-recipe``): the same method whose
+tuner takes the option ``recipe: true``, so that what the method learns stays learned and the
+task's recipe supplies the rest (gradient clipping, Nesterov, the schedule as a factor of the
+learned rate, the recipe's momentum where momentum is neither learned nor searched; see
+``tuner.py``). The plain names keep the paper's update.
 """
 
 from __future__ import annotations
@@ -84,6 +91,8 @@ class HypergradientMethod(SelectsBestScore):
     learns: ClassVar[tuple[str, ...]] = ("decay", "lr", "momentum")
     tuner_fixed: ClassVar[Mapping[str, Any]] = {}
     """Tuner options the method sets and a user does not."""
+    recipe: ClassVar[bool] = False
+    """Whether its tuner follows the task's recipe where it does not learn (the ``-recipe`` variants)."""
     defaults: ClassVar[Mapping[str, Any]] = {"update_interval": 10, "neumann_terms": 5, "hyper_lr": 0.05}
     """Options passed to the tuner (a user may change them)."""
 
@@ -145,6 +154,8 @@ class HypergradientMethod(SelectsBestScore):
                                 **{k: self.options[k] for k in self.defaults}, **self.tuner_fixed}
         if momentum_init is not None:
             opts["momentum_init"] = momentum_init
+        if self.recipe:  # written only when set: the paper's variants' specs (and cell replays) are unchanged
+            opts["recipe"] = True
         return opts
 
     def ask(self, ctx: AskContext) -> TrialSpec | None:
@@ -207,12 +218,62 @@ class RandomFixed(HypergradientMethod):
     defaults = {}
 
     def tuner_options(self, momentum_init: float | None) -> dict[str, Any]:
-        return {} if momentum_init is None else {"momentum_init": momentum_init}
+        opts: dict[str, Any] = {} if momentum_init is None else {"momentum_init": momentum_init}
+        return {**opts, "recipe": True} if self.recipe else opts
 
     def recommend(self) -> TrialId | None:
         ok = [tid for tid, r in self.results.items() if r.status == "ok"]
         return max(ok) if ok else None
 
 
-METHOD_CLASSES = (Implicit, ImplicitHDLR, Lorraine, Baydin, DiffThroughOpt, RandomFixed)
+class ImplicitRecipe(Implicit):
+    """``implicit`` under the task's recipe: decay, lr and momentum learned; clipping, Nesterov and
+    the schedule (a factor of the learned rate) from the recipe."""
+
+    name = "implicit-recipe"
+    recipe = True
+
+
+class ImplicitHDLRRecipe(ImplicitHDLR):
+    """``implicit-hdlr`` under the task's recipe (the schedule multiplies every per-element rate)."""
+
+    name = "implicit-hdlr-recipe"
+    recipe = True
+
+
+class LorraineRecipe(Lorraine):
+    """``lorraine`` under the task's recipe: decay learned; the drawn lr under the schedule, the drawn
+    momentum (the recipe's where the space has none) with Nesterov, clipping."""
+
+    name = "lorraine-recipe"
+    recipe = True
+
+
+class BaydinRecipe(Baydin):
+    """``baydin`` under the task's recipe: lr learned every step as the schedule's base rate; the drawn
+    momentum (the recipe's where the space has none) with Nesterov, clipping."""
+
+    name = "baydin-recipe"
+    recipe = True
+
+
+class DiffThroughOptRecipe(DiffThroughOpt):
+    """``diff-through-opt`` under the task's recipe (the unrolled window differentiates the clipped,
+    scheduled Nesterov update)."""
+
+    name = "diff-through-opt-recipe"
+    recipe = True
+
+
+class RandomFixedRecipe(RandomFixed):
+    """``random-fixed`` under the task's recipe: the drawn lr (under the schedule) and decay, trained
+    on all N with clipping and Nesterov; the control for the learned variants under the recipe."""
+
+    name = "random-fixed-recipe"
+    recipe = True
+
+
+METHOD_CLASSES = (Implicit, ImplicitHDLR, Lorraine, Baydin, DiffThroughOpt, RandomFixed,
+                  ImplicitRecipe, ImplicitHDLRRecipe, LorraineRecipe, BaydinRecipe, DiffThroughOptRecipe,
+                  RandomFixedRecipe)
 REGISTER = {cls.name: cls for cls in METHOD_CLASSES}

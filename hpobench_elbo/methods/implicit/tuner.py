@@ -1,9 +1,15 @@
 """Tuners of the one-pass hypergradient family (Clarke, Oldewage, Hernandez-Lobato, ICLR 2022).
 
-Every tuner here trains with the paper's update, SGD with decay and heavy-ball momentum, plain and
-unclipped (:func:`~hpobench_elbo.methods.implicit.hypergrad.sgd_update`), at a constant learning rate
-and momentum except for what it learns; it ignores any recipe (Nesterov, schedule, clipping) the
-trainer offers. Configuration keys read: ``lr`` (required), ``momentum`` (else the option
+By default every tuner here trains with the paper's update, SGD with decay and heavy-ball momentum,
+plain and unclipped (:func:`~hpobench_elbo.methods.implicit.hypergrad.sgd_update`), at a constant
+learning rate and momentum except for what it learns; it ignores the recipe (Nesterov, schedule,
+clipping) the trainer offers. With the option ``recipe: true`` (the ``-recipe`` methods) it keeps
+what it learns and takes the rest of the task's recipe (``TrainSetup.recipe``) into the same update:
+the loss gradient clipped at ``recipe.clip_norm``, Nesterov's step where ``recipe.nesterov``, the
+schedule's factor multiplying the learned (or fixed) learning rate, and, where momentum is neither
+learned nor in the configuration, ``recipe.momentum`` instead of ``momentum_init``; the Neumann
+series and the unrolled window then differentiate that update (it stays its own optimizer: the
+recipe's ``make_optimizer`` is not used, as it would hide u from autograd). Configuration keys read: ``lr`` (required), ``momentum`` (else the option
 ``momentum_init``, else 0), and whichever of ``weight_decay``, ``alpha``, ``beta`` the config holds
 (the decay strengths; ``alpha`` pulls the backbone, the parameters named in ``setup.prior_mean``,
 towards its pretrained values, ``beta`` the head towards 0).
@@ -24,7 +30,8 @@ Tuners (registry names):
 
 Common options: ``learn`` (a list from ``decay``, ``lr``, ``momentum``), ``update_interval``,
 ``hyper_lr``, ``hyper_optimizer`` (``adam``: betas (0.9, 0.999); ``sgd``), ``per_element_lr``
-(one learning rate per weight element: "HDLR"), ``momentum_init``. After every hyper-step the
+(one learning rate per weight element: "HDLR"), ``momentum_init``, ``recipe`` (default false: the
+paper's update). After every hyper-step the
 learning rates are clipped to [1e-10, 1]. Charging: the validation minibatch, the hypergradient
 and the hyper-optimiser step are one ``hyper`` unit of (validation batch + i - 1 training batches)
 example passes for ``implicit-neumann`` and (validation batch + lookback training batches) for
@@ -64,6 +71,12 @@ def _check_int(tuner: str, name: str, value: Any, lo: int) -> int:
     return value
 
 
+def _check_bool(tuner: str, name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise UserError(f"{tuner} tuner: {name} must be true or false, got {value!r}")
+    return value
+
+
 def _check_positive(tuner: str, name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not (value > 0 and math.isfinite(value)):
         raise UserError(f"{tuner} tuner: {name} must be a positive number, got {value!r}")
@@ -78,7 +91,7 @@ class HypergradientTuner:
 
     def __init__(self, *, learn: Sequence[str] = ("decay", "lr", "momentum"), update_interval: int = 10,
                  hyper_lr: float = 0.05, hyper_optimizer: str = "adam", per_element_lr: bool = False,
-                 momentum_init: float | None = None) -> None:
+                 momentum_init: float | None = None, recipe: bool = False) -> None:
         tag = self.name
         if isinstance(learn, (str, bytes)) or not isinstance(learn, Sequence) \
                 or any(g not in GROUPS for g in learn) or len(set(learn)) != len(learn):
@@ -91,9 +104,8 @@ class HypergradientTuner:
             raise UserError(f"{tag} tuner: hyper_optimizer must be one of {', '.join(HYPER_OPTIMIZERS)}, "
                             f"got {hyper_optimizer!r}")
         self.hyper_optimizer = hyper_optimizer
-        if not isinstance(per_element_lr, bool):
-            raise UserError(f"{tag} tuner: per_element_lr must be true or false, got {per_element_lr!r}")
-        self.per_element_lr = per_element_lr
+        self.per_element_lr = _check_bool(tag, "per_element_lr", per_element_lr)
+        self.recipe = _check_bool(tag, "recipe", recipe)
         if momentum_init is not None and (isinstance(momentum_init, bool) or not isinstance(momentum_init, (int, float))
                                           or not 0.0 <= momentum_init < 1.0):
             raise UserError(f"{tag} tuner: momentum_init must be a number in [0, 1) or null, got {momentum_init!r}")
@@ -114,6 +126,11 @@ class HypergradientTuner:
         self.prior_mean = {n: v.detach().to(device=first.device, dtype=self.params[n].dtype)
                            for n, v in setup.prior_mean.items() if n in self.params}
         momentum = config.get("momentum", self.momentum_init)
+        if self.recipe and "momentum" not in config and "momentum" not in self.learn:
+            momentum = setup.recipe.momentum  # not learned, not searched: the recipe's
+        self.clip_norm = setup.recipe.clip_norm if self.recipe else None
+        self.nesterov = bool(self.recipe and setup.recipe.nesterov)
+        self.step_index = 0
         values = {"lr": float(config["lr"]), "momentum": 0.0 if momentum is None else float(momentum)}
         values.update({k: float(config[k]) for k in DECAY_KEYS if k in config})
         shapes = {n: p.shape for n, p in self.params.items()} if self.per_element_lr else None
@@ -141,8 +158,14 @@ class HypergradientTuner:
                leaves: Sequence[torch.Tensor], create_graph: bool) -> tuple[torch.Tensor, Tensors, Tensors]:
         """(training loss, u, b_new) at ``weights`` for the hyperparameters given by the phi ``leaves``."""
         loss, grads = loss_and_gradient(self.model, self.setup.loss_fn, weights, batch, create_graph)
-        u, b_new = sgd_update(weights, grads, buffers, self.hp.natural_from(leaves), self.prior_mean)
+        u, b_new = sgd_update(weights, grads, buffers, self.hp.natural_from(leaves), self.prior_mean,
+                              clip_norm=self.clip_norm, nesterov=self.nesterov, lr_scale=self.lr_scale())
         return loss, u, b_new
+
+    def lr_scale(self) -> float:
+        """The factor of the learning rate at the current step: the recipe's schedule with ``recipe``
+        (cosine: 1 at the first step, near 0 at the last), else 1 (the paper's constant rate)."""
+        return self.setup.recipe.scheduled_lr(1.0, self.step_index) if self.recipe else 1.0
 
     def plain_step(self, batch: Batch) -> torch.Tensor:
         """One weight step at the current (constant) hyperparameters, no graph kept."""
@@ -180,6 +203,7 @@ class HypergradientTuner:
              val_batch: Callable[[], tuple[torch.Tensor, ...]] | None) -> StepStats:
         if self.learning and val_batch is None:
             raise ValueError(f"{self.name} tuner: learning hyperparameters needs a validation split (data='split')")
+        self.step_index = step
         loss = self.learning_step(batch, step, val_batch) if self.learning else self.plain_step(batch)
         return StepStats(loss=float(loss), examples=len(batch[0]))
 
@@ -201,8 +225,8 @@ class FixedTuner(HypergradientTuner):
 
     name = "implicit-fixed"
 
-    def __init__(self, *, momentum_init: float | None = None) -> None:
-        super().__init__(learn=(), momentum_init=momentum_init)
+    def __init__(self, *, momentum_init: float | None = None, recipe: bool = False) -> None:
+        super().__init__(learn=(), momentum_init=momentum_init, recipe=recipe)
 
 
 class NeumannTuner(HypergradientTuner):
@@ -212,9 +236,10 @@ class NeumannTuner(HypergradientTuner):
 
     def __init__(self, *, learn: Sequence[str] = ("decay", "lr", "momentum"), update_interval: int = 10,
                  neumann_terms: int = 5, hyper_lr: float = 0.05, hyper_optimizer: str = "adam",
-                 per_element_lr: bool = False, momentum_init: float | None = None) -> None:
+                 per_element_lr: bool = False, momentum_init: float | None = None, recipe: bool = False) -> None:
         super().__init__(learn=learn, update_interval=update_interval, hyper_lr=hyper_lr,
-                         hyper_optimizer=hyper_optimizer, per_element_lr=per_element_lr, momentum_init=momentum_init)
+                         hyper_optimizer=hyper_optimizer, per_element_lr=per_element_lr, momentum_init=momentum_init,
+                         recipe=recipe)
         self.neumann_terms = _check_int(self.name, "neumann_terms", neumann_terms, 1)
 
     def learning_step(self, batch: Batch, step: int, val_batch: Callable[[], tuple[torch.Tensor, ...]]) -> torch.Tensor:
@@ -246,9 +271,10 @@ class UnrolledTuner(HypergradientTuner):
 
     def __init__(self, *, learn: Sequence[str] = ("decay", "lr", "momentum"), update_interval: int = 10,
                  lookback: int = 5, hyper_lr: float = 0.05, hyper_optimizer: str = "adam",
-                 per_element_lr: bool = False, momentum_init: float | None = None) -> None:
+                 per_element_lr: bool = False, momentum_init: float | None = None, recipe: bool = False) -> None:
         super().__init__(learn=learn, update_interval=update_interval, hyper_lr=hyper_lr,
-                         hyper_optimizer=hyper_optimizer, per_element_lr=per_element_lr, momentum_init=momentum_init)
+                         hyper_optimizer=hyper_optimizer, per_element_lr=per_element_lr, momentum_init=momentum_init,
+                         recipe=recipe)
         self.lookback = _check_int(self.name, "lookback", lookback, 1)
         if self.lookback > self.update_interval:
             raise UserError(f"{self.name} tuner: lookback ({lookback}) must not exceed update_interval "

@@ -3,29 +3,27 @@ momentum step (DESIGN.md, "Budget rule": same recipe for everyone).
 
 ``contracts.Recipe`` says what a task's recipe is; :class:`RecipeOptimizer` is how the ``Trainer``
 applies it. Tuners that follow the recipe get one through ``TrainSetup.make_optimizer`` and never
-build an optimizer, a schedule or a clipping step of their own.
+build an optimizer, a schedule or a clipping step of their own; the one exception is an update
+that must stay differentiable in its hyperparameters (the implicit family's ``-recipe`` variants),
+which applies the same items (``Recipe.scheduled_lr``, ``clip_norm``, ``nesterov``) inside it.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
-from hpobench_elbo.contracts import Recipe
+from hpobench_elbo.contracts import Recipe, cosine_lr
 
-
-def cosine_lr(lr: float, step: int, total_steps: int) -> float:
-    """The learning rate at ``step`` of a cosine annealing from ``lr`` to 0 over ``total_steps``."""
-    return 0.5 * lr * (1.0 + math.cos(math.pi * step / max(1, total_steps)))
+__all__ = ["RecipeOptimizer", "cosine_lr", "scheduled_lr"]
 
 
 def scheduled_lr(recipe: Recipe, lr: float, step: int) -> float:
-    """The base rate ``lr`` at ``step`` under the recipe's schedule."""
-    return lr if recipe.schedule == "constant" else cosine_lr(lr, step, recipe.steps)
+    """The base rate ``lr`` at ``step`` under the recipe's schedule (``Recipe.scheduled_lr``)."""
+    return recipe.scheduled_lr(lr, step)
 
 
 class RecipeOptimizer:
