@@ -30,6 +30,7 @@ Status = Literal["ok", "cut", "pruned", "diverged", "failed"]
 Kind = Literal["trial", "refit"]
 Validation = Literal["none", "selection", "hypergradient"]
 DataUse = Literal["split", "all"]
+CacheAccess = Literal["all", "memoization-aware"]
 TrialId = int
 PHASES: tuple[str, ...] = ("train", "validate", "hyper", "method", "cache")
 """Charged phases. ``test`` is measured and recorded but never charged."""
@@ -444,14 +445,20 @@ class Cell:
     label: str = ""
     max_failures: int = 5
     trial_timeout: float | None = None
+    cache_access: CacheAccess = "all"
+    """Who may read the stage cache: ``all`` (every method, the default) or ``memoization-aware``
+    (only a method that declares ``memoization_aware = True``; EEIPU's paper's condition)."""
 
     def definition(self) -> dict[str, Any]:
-        return {
+        out = {
             "task": self.task, "scale": self.scale, "task_options": dict(self.task_options),
             "method": self.method, "method_options": dict(self.method_options), "seed": self.seed,
             "budget": self.budget, "clock": self.clock, "clock_options": dict(self.clock_options),
             "refit": self.refit, "cache": self.cache, "label": self.label or self.method,
         }
+        if self.cache_access != "all":  # left out at its default: older ledgers' cells stay equal
+            out["cache_access"] = self.cache_access
+        return out
 
 
 @runtime_checkable
@@ -497,6 +504,13 @@ class Method(Protocol):
         ...
 
     # Optional members (checked when present):
+    #   memoization_aware: bool (class attribute): True declares that the method seeks stage-cache
+    #       hits on purpose (it reads ``AskContext.paid_prefixes`` and proposes configurations that
+    #       reuse cached stages, as EEIPU does). Read by the loop once, when the cell starts: under
+    #       the suite key ``cache_access: memoization-aware`` only such a method's cell reads the
+    #       stage cache, and every other method computes every stage of every trial at its true
+    #       cost. Under ``cache_access: all`` (the default) it changes nothing. It may not change
+    #       while the cell runs. Default: False.
     #   checkpoint(trial: TrialId, step: int, value: float) -> bool: called at each of a trial's
     #       ``checkpoints`` (charged to ``method``) with the intermediate value, lower is better (the
     #       validation loss for a trial with a validation split, else the mean training objective
@@ -585,7 +599,7 @@ REQUIRED_MEMBERS: dict[str, tuple[str, ...]] = {
 works the same on Python 3.10 to 3.13)."""
 
 OPTIONAL_MEMBERS: dict[str, dict[str, int | None]] = {
-    "Method": {"checkpoint": 3, "inapplicable_reason": 1, "validate_options": 2},
+    "Method": {"checkpoint": 3, "inapplicable_reason": 1, "validate_options": 2, "memoization_aware": None},
     "Tuner": {"score_name": None},
     "Task": {"summary": 0},
 }

@@ -45,11 +45,13 @@ PLAIN_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 """A suite name is a plain file name: it names the default results directory."""
 
 LATER_KEYS = {"max_failures": 5, "trial_timeout": None, "jobs": 1, "address": None, "max_attempts": 3,
-              "num_gpus": 0.0, "oversubscribe": False}
+              "num_gpus": 0.0, "oversubscribe": False, "cache_access": "all"}
 """Top-level keys added after the first suites, with their defaults: left out of the suite hash
 while at their default, so the hash of an older suite does not change."""
 
 Budget = Annotated[StrictFloat, Field(gt=0, le=MAX_BUDGET, allow_inf_nan=False)]
+CacheAccessKey = Literal["all", "memoization-aware"]
+"""``cache_access``: who may read the stage cache (``contracts.Cell.cache_access``)."""
 
 
 class _Strict(BaseModel):
@@ -80,7 +82,8 @@ def _distinct(seeds: list[int]) -> list[int]:
 
 class TaskEntry(_Strict):
     """A task of the suite; ``methods`` and ``seeds`` (optional) replace the suite's method list and
-    seeds for this task (a costly task may run fewer seeds)."""
+    seeds for this task (a costly task may run fewer seeds), ``cache_access`` the suite's (so one
+    suite can hold a task under both cache conditions)."""
 
     name: StrictStr
     scale: StrictStr = "smoke"
@@ -88,6 +91,7 @@ class TaskEntry(_Strict):
     budget: Budget | None = None
     methods: list[MethodEntry] | None = Field(default=None, min_length=1)
     seeds: list[Annotated[StrictInt, Field(ge=0, lt=2**32)]] | None = Field(default=None, min_length=1)
+    cache_access: CacheAccessKey | None = None
 
     @field_validator("seeds")
     @classmethod
@@ -115,6 +119,9 @@ class Suite(_Strict):
     floor, see ``engine/loop.py``). ``jobs``: cells at once with the local executor; ``address``,
     ``max_attempts``, ``num_gpus`` (per cell): the Ray executor (``threads`` is the CPUs per cell);
     ``oversubscribe``: allow more threads in all than cores under the device clock (recorded).
+    ``cache_access``: ``all`` (default) opens the stage cache to every method; ``memoization-aware``
+    only to methods that declare ``memoization_aware`` (EEIPU's paper's condition), the others then
+    compute every stage at its true cost. Part of each cell's definition when not ``all``.
     """
 
     name: StrictStr = Field(pattern=PLAIN_NAME)
@@ -137,6 +144,7 @@ class Suite(_Strict):
     max_attempts: StrictInt = Field(default=3, ge=1)
     num_gpus: StrictFloat = Field(default=0.0, ge=0)
     oversubscribe: StrictBool = False
+    cache_access: CacheAccessKey = "all"
 
     @field_validator("seeds")
     @classmethod
@@ -164,7 +172,7 @@ class Suite(_Strict):
             if key in body and body[key] == default:
                 del body[key]
         for task in body["tasks"]:  # a key added later: absent from the hash when unused
-            for key in ("methods", "seeds"):
+            for key in ("methods", "seeds", "cache_access"):
                 if task.get(key) is None:
                     task.pop(key, None)
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
@@ -172,6 +180,7 @@ class Suite(_Strict):
     def cells(self) -> list[Cell]:
         cells = []
         for _, task, _, method in self.pairs():
+            access = task.cache_access or self.cache_access
             for seed in task.seeds if task.seeds is not None else self.seeds:
                 definition = {
                     "task": task.name, "scale": task.scale, "task_options": task.options,
@@ -179,6 +188,7 @@ class Suite(_Strict):
                     "seed": seed, "budget": task.budget or self.budget, "clock": self.clock,
                     "clock_options": self.clock_options.model_dump() if self.clock == "counting" else {},
                     "refit": self.refit, "cache": self.cache,
+                    **({"cache_access": access} if access != "all" else {}),  # the default keeps old ids
                 }
                 digest = hashlib.sha256(json.dumps(definition, sort_keys=True).encode()).hexdigest()[:8]
                 safe = lambda s: "".join(c if c.isalnum() or c in "-_" else "_" for c in s)  # noqa: E731
@@ -189,7 +199,7 @@ class Suite(_Strict):
                     budget=float(task.budget or self.budget), clock=self.clock,
                     clock_options=definition["clock_options"], refit=self.refit, cache=self.cache,
                     threads=self.threads, label=method.display, max_failures=self.max_failures,
-                    trial_timeout=self.trial_timeout,
+                    trial_timeout=self.trial_timeout, cache_access=access,
                 ))
         return cells
 

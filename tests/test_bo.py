@@ -406,3 +406,85 @@ def test_eeipu_resumes_identically_through_the_loop(tmp_path: Path) -> None:
     resumed = trials(next(iter(ledgers(out).values())))
     assert resumed == trials([json.loads(line) for line in lines])
     assert len(resumed) > 5  # BO steps after the 3 warm-up trials were replayed and re-run
+
+
+# -- issue 18: the acquisition at a fraction of a trial, the cache condition ---------------------
+def test_cached_posterior_equals_botorchs_posterior_with_its_gradient() -> None:
+    from hpobench_elbo.methods.bo.surrogates import FittedGP
+
+    rng = np.random.default_rng(3)
+    x = rng.random((20, 3))
+    y = np.sin(4 * x[:, 0]) + x[:, 1] ** 2 + 0.05 * rng.standard_normal(20)
+    gp = FittedGP(x, (y - y.mean()) / y.std(), maxiter=50)
+    assert gp.fit_ok and gp._solve is not None
+    points = torch.tensor(rng.random((7, 3)), requires_grad=True)
+    mean, var = gp.predict(points)
+    ref_mean, ref_var = gp.posterior(points)
+    assert torch.allclose(mean, ref_mean, atol=1e-10) and torch.allclose(var, ref_var, atol=1e-10)
+    (grad,) = torch.autograd.grad((mean + var).sum(), points)
+    (ref_grad,) = torch.autograd.grad((ref_mean + ref_var).sum(), points)
+    assert torch.allclose(grad, ref_grad, atol=1e-8)
+    # at a training input the variance is about the noise level, far from the prior's
+    m0, v0 = gp.predict(torch.tensor(x[:1]))
+    assert float(v0.detach()) < 0.5 * float(gp.model.covar_module.outputscale.detach())
+    no_reuse = FittedGP(x, (y - y.mean()) / y.std(), maxiter=50, reuse=False)
+    assert no_reuse._solve is None and torch.allclose(no_reuse.predict(points)[0], ref_mean, atol=1e-8)
+
+
+def test_cpu_settings_before_and_after_issue_18_propose_from_the_same_history() -> None:
+    """The old cpu settings stay reachable as options; the new defaults are what a cpu task gets;
+    a warm-started fit uses ``warm_fit_maxiter``; both settings propose valid new configurations."""
+    from hpobench_elbo.methods.bo.method import CPU_BEFORE_ISSUE_18, SCALE_DEFAULTS
+
+    info = synthetic_info("cpu")
+    new = METHODS.create("eeipu", info, 0, n_init=3)
+    assert new.options["maxiter"] == SCALE_DEFAULTS["cpu"].maxiter < CPU_BEFORE_ISSUE_18["maxiter"]
+    assert new.options["warm_fit_maxiter"] < new.options["fit_maxiter"] and new.options["posterior_reuse"]
+    old = METHODS.create("eeipu", info, 0, n_init=3, **CPU_BEFORE_ISSUE_18)
+    assert old.options["posterior_reuse"] is False and old.options["warm_fit_maxiter"] == 100
+    fits: list[int] = []
+    for m in (new, old):
+        sim = SimulatedCache(m, info, synthetic.stage_costs, lambda c: -synthetic.objective_value(c))
+        rows = [sim.step() for _ in range(6)]
+        assert all("error" not in r for r in rows[3:]) and rows[-1]["cost_models"] == 3
+        assert len({json.dumps(r["config"], sort_keys=True) for r in rows}) == 6
+        fits.append(m.options["warm_fit_maxiter"])
+        scores = m.score_configs([r["config"] for r in rows[-2:]])
+        assert scores.shape == (2,) and np.isfinite(scores).all()
+    assert fits == [SCALE_DEFAULTS["cpu"].warm_fit_maxiter, 100]
+    with pytest.raises(UserError, match="posterior_reuse: expected true or false"):
+        METHODS.create("eeipu", info, 0, posterior_reuse="yes")
+    with pytest.raises(RuntimeError):
+        METHODS.create("ei", info, 0).score_configs([])
+
+
+def test_only_eeipu_declares_itself_memoization_aware() -> None:
+    from hpobench_elbo.contracts import Method
+    from hpobench_elbo.registry import check_contract
+
+    info = synthetic_info()
+    for name in ("eeipu", "ei", "carbo", "eips", "tpe", "random", "grid"):
+        m = METHODS.create(name, info, 0)
+        check_contract(m, Method, name)
+        assert (getattr(m, "memoization_aware", False) is True) == (name == "eeipu"), name
+
+
+def test_paid_prefixes_follow_the_pipeline_order_after_a_ledger_round_trip() -> None:
+    """A ledger row's ``stage_costs`` come back with sorted keys; the prefixes must not depend on
+    that (image-pipeline's stages, features -> adapt -> head, do not sort in order), or a resumed
+    BO cell would see no paid prefix and fail to replay."""
+    from hpobench_elbo.contracts import TrialSpec
+    from hpobench_elbo.engine.loop import paid_prefixes
+
+    stages = (Stage("features", ("r",)), Stage("adapt", ("a",)), Stage("head", ("h",)))
+    space = SearchSpace.of(r=Choice((32, 64)), a=Float(0.1, 1.0), h=Float(0.1, 1.0))
+    info = TaskInfo("t", "cpu", space, stages, False, 10, "accuracy", "max")
+    spec = TrialSpec(config={"r": 32, "a": 0.5, "h": 0.25}, trial_id=0)
+    live = TrialResult(spec=spec, status="ok", cost={}, stage_costs={"features": 3.0, "adapt": 2.0, "head": 1.0})
+    replayed = TrialResult.from_json(json.loads(json.dumps(live.to_json(), sort_keys=True)))
+    assert list(replayed.stage_costs) == ["adapt", "features", "head"]
+    expected = paid_prefixes(info, [live])
+    assert [p.stages for p in expected] == [("features",), ("features", "adapt"), ("features", "adapt", "head")]
+    assert paid_prefixes(info, [replayed]) == expected
+    partial = dataclasses.replace(live, stage_costs={"adapt": 2.0, "head": 1.0})  # no first stage: no prefix
+    assert paid_prefixes(info, [partial]) == ()

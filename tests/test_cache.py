@@ -402,3 +402,105 @@ def test_stage_entries_are_plain_tensors_with_a_checksum(tmp_path: Path) -> None
     assert record["cost"] == 5.0 and len(record["sha256"]) == 64
     [data] = list(tmp_path.rglob("*.pt"))
     assert torch.equal(torch.load(data, weights_only=True), torch.full((8,), 1.0))
+
+
+# -- the cache condition of EEIPU's paper (issue 18, item 3) ------------------------------------------
+def test_a_closed_view_computes_and_charges_every_stage_and_never_touches_the_store(tmp_path: Path) -> None:
+    store = StageCache(tmp_path)
+    loads: list[str] = []
+    store.load = lambda key: loads.append(key)  # type: ignore[method-assign]  # a spy: a closed view never reads
+    view, m, compute = store.view(closed=True), meter(), Counted()
+    for _ in range(3):
+        run = view.get(m, task="t", stage="s1", data_seed=0, params={"a": 1.0}, compute=compute, simulated_cost=5.0)
+        assert run.true_cost == 5.0 and not run.hit
+    assert compute.calls == 3 and loads == [] and not list(tmp_path.rglob("*.pt"))
+    assert m.by_phase()["train"] == pytest.approx(15.0) and view.stats.hits == 0 and view.stats.misses == 3
+    # an open view of the same store, same calls: one computation, then two reads
+    open_view, m2, compute2 = StageCache(tmp_path).view(), meter(), Counted()
+    for _ in range(3):
+        get(open_view, m2, compute2, {"a": 1.0})
+    assert compute2.calls == 1 and m2.spent == pytest.approx(5.0 + 2 * READ, abs=1e-12)
+
+
+def _condition_suite(tmp_path: Path, access: str | None) -> Path:
+    suite = {
+        "name": f"condition-{access}", "clock": "counting",
+        "clock_options": {"per_example": 0.001, "per_event": 0.001, "cache_read": READ},
+        "budget": 200.0, "refit": False, "threads": 1, "seeds": [0],
+        "tasks": [{"name": "synthetic-pipeline", "scale": "smoke"}],
+        "methods": [{"name": "grid", "options": {"values": GRID_VALUES, "shuffle": False}},
+                    {"name": "eeipu", "options": {"n_init": 3, "max_trials": 5, "raw_samples": 16,
+                                                  "num_restarts": 1, "maxiter": 5, "fit_maxiter": 20}}],
+    }
+    if access is not None:
+        suite["cache_access"] = access
+    path = tmp_path / f"{suite['name']}.yaml"
+    path.write_text(yaml.safe_dump(suite, sort_keys=False))
+    return path
+
+
+def test_paper_condition_charges_a_non_aware_method_every_stage_and_opens_the_cache_to_eeipu(tmp_path: Path) -> None:
+    """``cache_access: memoization-aware``: grid (not memoization-aware) reads nothing from the cache
+    and pays every stage's true cost in every trial; EEIPU (which declares it) still reads; the
+    ledger header records the condition; under the default both read."""
+    out = tmp_path / "paper"
+    api.run(_condition_suite(tmp_path, "memoization-aware"), out=out, device="cpu", progress=False)
+    by_method = {read_ledger(p).header["cell"]["method"]: read_ledger(p) for p in out.glob("*.jsonl")}
+    grid, eeipu = by_method["grid"], by_method["eeipu"]
+    assert grid.header["stage_cache"] == {"access": "memoization-aware", "open": False, "memoization_aware": False}
+    assert eeipu.header["stage_cache"] == {"access": "memoization-aware", "open": True, "memoization_aware": True}
+    assert grid.header["cell"]["cache_access"] == "memoization-aware"
+    configs = [r["config"] for r in grid.rows]
+    assert len(configs) == 8 and all(c["x1"] == 4.5 for c in configs)  # every trial shares stage 1
+    assert [_charged(r) for r in grid.rows] == pytest.approx(_expected_costs(configs, cache=False), abs=1e-9)
+    assert all(r["cache_hits"] == 0 and r["cost_saved"] == 0.0 and r["metrics"]["n_memoised"] == 0
+               for r in grid.rows)
+    for r in grid.rows:  # the true stage costs are still recorded (the cost models' data)
+        assert list(r["stage_costs"].values()) == pytest.approx(sorted_costs(r["config"]), rel=1e-9)
+    assert any(r["cache_hits"] > 0 for r in eeipu.rows)
+    # the default condition: the same grid reads its cached stages, at other cell ids
+    default = tmp_path / "default"
+    api.run(_condition_suite(tmp_path, None), out=default, device="cpu", progress=False)
+    grid_default = next(read_ledger(p) for p in default.glob("*--grid--*.jsonl"))
+    assert grid_default.header["stage_cache"] == {"access": "all", "open": True, "memoization_aware": False}
+    assert "cache_access" not in grid_default.header["cell"]
+    assert grid_default.header["cell_id"] != grid.header["cell_id"]
+    assert sum(r["cache_hits"] for r in grid_default.rows) > 0
+    assert sum(map(_charged, grid_default.rows)) < 0.5 * sum(map(_charged, grid.rows))
+
+
+def sorted_costs(config: dict[str, float]) -> list[float]:
+    """The true stage costs in the order a ledger row lists them (keys sorted)."""
+    return [c for _, c in sorted(zip([s.name for s in STAGES], stage_costs(config)))]
+
+
+def test_cache_access_keeps_old_cell_ids_at_its_default_and_is_part_of_the_definition_otherwise() -> None:
+    from hpobench_elbo.errors import SuiteError
+    from hpobench_elbo.suite import load_suite, suite_from_mapping
+
+    repo = Path(__file__).resolve().parents[1]
+    reference = load_suite(repo / "suites" / "reference-cpu.yaml")
+    ids = {c.cell_id for c in reference.cells()}
+    committed = {p.stem for p in (repo / "reports" / "reference-cpu").glob("*.jsonl")}
+    assert committed and committed <= ids  # the committed ledgers are still these cells
+    raw = {"name": "ids", "budget": 5.0, "clock": "counting", "seeds": [0],
+           "tasks": [{"name": "synthetic-pipeline", "scale": "smoke"}], "methods": ["ei", "eeipu"]}
+    base = suite_from_mapping(raw)
+    same = suite_from_mapping({**raw, "cache_access": "all"})
+    assert [c.cell_id for c in same.cells()] == [c.cell_id for c in base.cells()]
+    assert same.suite_hash == base.suite_hash
+    paper = suite_from_mapping({**raw, "cache_access": "memoization-aware"})
+    assert paper.suite_hash != base.suite_hash
+    assert not {c.cell_id for c in paper.cells()} & {c.cell_id for c in base.cells()}
+    assert all(c.cache_access == "memoization-aware" and c.definition()["cache_access"] == "memoization-aware"
+               for c in paper.cells())
+    # per task: one suite holds both conditions (the benchmark's design)
+    both = suite_from_mapping({**raw, "tasks": [{"name": "synthetic-pipeline", "scale": "smoke"},
+                                                {"name": "synthetic-pipeline", "scale": "smoke",
+                                                 "cache_access": "memoization-aware"}]})
+    cells = both.cells()
+    assert [c.cache_access for c in cells] == ["all", "all", "memoization-aware", "memoization-aware"]
+    assert [c.cell_id for c in cells[:2]] == [c.cell_id for c in base.cells()]
+    assert {c.cell_id for c in cells[2:]} == {c.cell_id for c in paper.cells()}
+    with pytest.raises(SuiteError, match="cache_access"):
+        suite_from_mapping({**raw, "cache_access": "eeipu-only"})

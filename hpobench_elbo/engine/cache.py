@@ -10,6 +10,12 @@ canonical form (``space.canonical``), so a float that round-tripped through a no
 hits. Each entry is a ``.pt`` file of tensors (loaded with ``weights_only=True``) and a ``.json``
 with its true cost and the SHA-256 of the ``.pt`` bytes; a corrupted entry is recomputed. Writes go
 to a temporary file and are renamed into place, so concurrent processes never see half an entry.
+
+A *closed* view (``StageCache.view(closed=True)``: a method that is not memoization-aware under the
+suite key ``cache_access: memoization-aware``, as in EEIPU's paper) neither reads nor writes stage
+outputs: every stage of every trial is computed and charged its true cost, as if the cell had no
+cache. Its trials still record their stage costs (``StageRun.true_cost``); ``uncharged`` entries
+(test-time features, never charged) are still shared, since they change no charge.
 """
 
 from __future__ import annotations
@@ -64,9 +70,10 @@ class StageCache:
         self.root = Path(root) if root is not None else None
         self.enabled = enabled and root is not None
 
-    def view(self, paid_keys: Iterable[str] = ()) -> CacheView:
-        """A cell's view; ``paid_keys`` are the keys it already paid for (from its ledger on resume)."""
-        return CacheView(self, set(paid_keys))
+    def view(self, paid_keys: Iterable[str] = (), closed: bool = False) -> CacheView:
+        """A cell's view; ``paid_keys`` are the keys it already paid for (from its ledger on resume);
+        ``closed``: the cell may not use the store for stage outputs (module doc)."""
+        return CacheView(self, set(paid_keys), closed)
 
     def _paths(self, key: str) -> tuple[Path, Path]:
         assert self.root is not None
@@ -121,9 +128,10 @@ class StageCache:
 class CacheView:
     """One cell's window on the shared store, charging as if the cache were the cell's own."""
 
-    def __init__(self, store: StageCache, paid_keys: set[str]) -> None:
+    def __init__(self, store: StageCache, paid_keys: set[str], closed: bool = False) -> None:
         self.store = store
         self.paid_keys = paid_keys
+        self.closed = closed
         self.stats = TrialCacheStats()
 
     def begin_trial(self) -> None:
@@ -153,6 +161,10 @@ class CacheView:
         """
         key = stage_key(task, stage, data_seed, params, meter.price_key)
         description = {"task": task, "stage": stage, "data_seed": data_seed, "params": dict(params)}
+        if self.closed:
+            output, true_cost = self._compute(meter, compute, simulated_cost, examples, phase)
+            self._paid(key)
+            return StageRun(stage, output, true_cost, hit=False)
         if key in self.paid_keys and self.store.enabled:  # a disabled store has nothing to read
             with meter.unit("cache"):
                 entry = self.store.load(key)
@@ -173,18 +185,24 @@ class CacheView:
                 self._paid(key)
                 return StageRun(stage, output, true_cost, hit=False)
         # compute (a miss, or a missing/corrupted entry)
-        if simulated_cost is None:
-            with meter.unit(phase, examples=examples):
-                output = compute()
-            true_cost = meter.last_unit_cost
-        else:
-            meter.check()
-            output = compute()
-            meter.charge(phase, simulated_cost)
-            true_cost = float(simulated_cost)
+        output, true_cost = self._compute(meter, compute, simulated_cost, examples, phase)
         self.store.store(key, output, true_cost, description)
         self._paid(key)
         return StageRun(stage, output, true_cost, hit=False)
+
+    @staticmethod
+    def _compute(meter: BudgetMeter, compute: Callable[[], Output], simulated_cost: float | None,
+                 examples: int, phase: str) -> tuple[Output, float]:
+        """Compute a stage as one indivisible unit charged to ``phase``: measured (priced by
+        ``examples`` under a counting clock), or ``simulated_cost``; returns the output and its true cost."""
+        if simulated_cost is None:
+            with meter.unit(phase, examples=examples):
+                output = compute()
+            return output, meter.last_unit_cost
+        meter.check()
+        output = compute()
+        meter.charge(phase, simulated_cost)
+        return output, float(simulated_cost)
 
     def _recompute_paid(self, meter: BudgetMeter, compute: Callable[[], Output], simulated_cost: float | None,
                         examples: int, phase: str, key: str, description: Mapping[str, Any]) -> tuple[Output, float]:

@@ -140,9 +140,9 @@ def paid_prefixes(info: TaskInfo, results: list[TrialResult]) -> tuple[PaidPrefi
     names = [stage.name for stage in info.stages]
     seen: dict[str, PaidPrefix] = {}
     for result in results:
-        ran = list(result.stage_costs)
-        for k in range(1, len(ran) + 1):
-            if ran[:k] != names[:k]:
+        # by the pipeline's order, not the mapping's: a ledger row's keys come back sorted
+        for k in range(1, len(names) + 1):
+            if names[k - 1] not in result.stage_costs:
                 break
             params = [p for stage in info.stages[:k] for p in stage.params]
             values = canonical({p: result.spec.config[p] for p in params if p in result.spec.config})
@@ -181,6 +181,16 @@ def data_use(validation: str, refit: bool) -> str:
     if validation == "hypergradient":
         return "validation minibatches"
     return "none (all N)"
+
+
+def stage_cache_access(cell: Cell, method: Method) -> dict[str, Any]:
+    """The ledger header's ``stage_cache``: the cell's ``access`` rule and whether its method may read
+    the stage cache (``open``): always under ``all``; under ``memoization-aware`` only when the method
+    declares ``memoization_aware = True`` (``contracts.Method``), else every stage is computed and
+    charged at its true cost."""
+    aware = getattr(method, "memoization_aware", False) is True
+    return {"access": cell.cache_access, "open": cell.cache_access == "all" or aware,
+            "memoization_aware": aware}
 
 
 def cell_header(cell: Cell, seeds: Seeds, unit: str, ctx: RunContext) -> dict[str, Any]:
@@ -226,12 +236,13 @@ class CellRunner:
         header = {**cell_header(cell, self.seeds, self.meter.unit_name, ctx),
                   "metric": self.info.metric, "direction": self.info.direction,
                   "recipe": None if self.info.recipe is None else self.info.recipe.to_json(),
-                  "validation": method.validation, "data_use": data_use(method.validation, cell.refit)}
+                  "validation": method.validation, "data_use": data_use(method.validation, cell.refit),
+                  "stage_cache": stage_cache_access(cell, method)}
         if open_ledger is None:
             def open_ledger(head: dict[str, Any]) -> LedgerLike:
                 return Ledger.open(ctx.out_dir / f"{cell.cell_id}.jsonl", head, force=ctx.force)
         self.ledger = open_ledger(header)
-        self.cache: CacheView = cache.view()
+        self.cache: CacheView = cache.view(closed=not header["stage_cache"]["open"])
         self.results: dict[int, TrialResult] = {}
         self.recommendation: int | None = None
         self.refit_enabled = cell.refit and self.method.validation == "selection"

@@ -45,19 +45,34 @@ WARMUP_STREAM = 0xB0_1
 # -- options -------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ScaleDefaults:
+    """The acquisition's settings at one scale: QMC cost samples, the optimiser's raw samples,
+    restarts and L-BFGS-B iterations, and the GP fit's L-BFGS-B iterations from the initial
+    hyperparameters (``fit_maxiter``) and from the previous fit's (``warm_fit_maxiter``)."""
+
     mc_samples: int
     raw_samples: int
     num_restarts: int
     maxiter: int
     fit_maxiter: int
+    warm_fit_maxiter: int
 
 
 SCALE_DEFAULTS: dict[str, ScaleDefaults] = {
-    "gpu": ScaleDefaults(mc_samples=1000, raw_samples=512, num_restarts=10, maxiter=200, fit_maxiter=500),
-    "cpu": ScaleDefaults(mc_samples=128, raw_samples=64, num_restarts=2, maxiter=30, fit_maxiter=100),
-    "smoke": ScaleDefaults(mc_samples=64, raw_samples=32, num_restarts=2, maxiter=20, fit_maxiter=50),
+    "gpu": ScaleDefaults(mc_samples=1000, raw_samples=512, num_restarts=10, maxiter=200, fit_maxiter=500,
+                         warm_fit_maxiter=500),
+    "cpu": ScaleDefaults(mc_samples=128, raw_samples=64, num_restarts=2, maxiter=10, fit_maxiter=100,
+                         warm_fit_maxiter=20),
+    "smoke": ScaleDefaults(mc_samples=64, raw_samples=32, num_restarts=2, maxiter=20, fit_maxiter=50,
+                           warm_fit_maxiter=50),
 }
-"""C.5's defaults at ``gpu`` scale; reduced as C.7-8 suggests at ``cpu`` and ``smoke`` (and any other scale: cpu)."""
+"""C.5's defaults at ``gpu`` scale; reduced as C.7-8 suggests at ``cpu`` and ``smoke`` (and any other
+scale: cpu). The ``cpu`` row was cut further (issue 18, item 4: acquisition L-BFGS-B 30 -> 10
+iterations, warm-started GP fits 100 -> 20) so that an ask costs a fraction of a trial; the
+settings before that are :data:`CPU_BEFORE_ISSUE_18` (docs/methods/bo.md has the measurement)."""
+
+CPU_BEFORE_ISSUE_18: dict[str, Any] = {"raw_samples": 64, "num_restarts": 2, "maxiter": 30, "fit_maxiter": 100,
+                                       "warm_fit_maxiter": 100, "posterior_reuse": False}
+"""The ``cpu`` acquisition settings before issue 18, as options (``benchmarks/bo.py --ask-time``)."""
 
 
 def _int_at_least(low: int, allow_none: bool) -> Callable[[str, Any], Any]:
@@ -78,6 +93,12 @@ def _one_of(choices: tuple[str, ...]) -> Callable[[str, Any], Any]:
     return check
 
 
+def _boolean(name: str, value: Any) -> Any:
+    if not isinstance(value, bool):
+        raise UserError(f"{name}: expected true or false, got {value!r}")
+    return value
+
+
 def _epsilon(name: str, value: Any) -> Any:
     if value is None:
         return None
@@ -95,6 +116,8 @@ OPTION_SPECS: dict[str, tuple[Callable[[str, Any], Any], Any]] = {
     "num_restarts": (_int_at_least(1, True), None),
     "maxiter": (_int_at_least(0, True), None),
     "fit_maxiter": (_int_at_least(1, True), None),
+    "warm_fit_maxiter": (_int_at_least(1, True), None),
+    "posterior_reuse": (_boolean, True),
     "n_prefixes": (_int_at_least(0, False), 5),
     "prefix_pool": (_one_of(POOL_MODES), "top"),
     "epsilon": (_epsilon, None),
@@ -108,7 +131,7 @@ def parse_options(method: str, allowed: tuple[str, ...], options: Mapping[str, A
         raise UserError(f"method {method!r}: unknown option {unknown[0]!r}; known: {', '.join(allowed)}")
     parsed = {name: OPTION_SPECS[name][0](name, options.get(name, OPTION_SPECS[name][1])) for name in allowed}
     defaults = SCALE_DEFAULTS.get(scale, SCALE_DEFAULTS["cpu"])
-    for name in ("mc_samples", "raw_samples", "num_restarts", "maxiter", "fit_maxiter"):
+    for name in ("mc_samples", "raw_samples", "num_restarts", "maxiter", "fit_maxiter", "warm_fit_maxiter"):
         if name in parsed and parsed[name] is None:
             parsed[name] = getattr(defaults, name)
     return parsed
@@ -130,9 +153,11 @@ class ExpectedImprovementBO(SelectsBestScore):
     validation: ClassVar[str] = "selection"
     COST_MODEL: ClassVar[str] = "none"  # "none", "total" or "stages"
     ETA: ClassVar[str] = "zero"  # "zero", "one" or "cooling"
-    MEMO: ClassVar[bool] = False
+    memoization_aware: ClassVar[bool] = False
+    """The contract's ``memoization_aware``: only EEIPU seeks cached prefixes (and may read the
+    stage cache under ``cache_access: memoization-aware``)."""
     OPTIONS: ClassVar[tuple[str, ...]] = ("n_init", "normalize", "max_trials", "raw_samples", "num_restarts",
-                                          "maxiter", "fit_maxiter")
+                                          "maxiter", "fit_maxiter", "warm_fit_maxiter", "posterior_reuse")
 
     def __init__(self, info: TaskInfo, seed: int, **options: Any) -> None:
         super().__init__(info, seed)
@@ -151,6 +176,7 @@ class ExpectedImprovementBO(SelectsBestScore):
         """Last fitted model per surrogate (objective, cost:<stage>, cost:total) with its data."""
         self.last: dict[str, Any] = {}
         """Diagnostics of the last BO proposal (eta, delta, pool size, acquisition value, seconds)."""
+        self._scorer: Callable[[list[Config]], np.ndarray] | None = None
 
     # -- contract ---------------------------------------------------------------------------
     @classmethod
@@ -209,13 +235,17 @@ class ExpectedImprovementBO(SelectsBestScore):
         return sorted(ok, key=lambda r: (r.score, r.spec.trial_id))
 
     def _fit(self, key: str, x: np.ndarray, y: np.ndarray,
-             factory: Callable[[dict[str, torch.Tensor] | None], Any]) -> Any:
+             factory: Callable[[dict[str, torch.Tensor] | None, int], Any]) -> Any:
         """The model fitted to (x, y): the previous one if its data are unchanged, else a new fit
-        warm-started from the previous hyperparameters."""
+        warm-started from the previous hyperparameters (``warm_fit_maxiter`` L-BFGS-B iterations;
+        ``fit_maxiter`` for a first fit). ``factory(warm, maxiter)`` builds the model."""
         previous = self.models.get(key)
         if previous is not None and np.array_equal(previous[0], x) and np.array_equal(previous[1], y):
             return previous[2]
-        model = factory(None if previous is None else previous[2].gp.hyperparameters())
+        if previous is None:
+            model = factory(None, self.options["fit_maxiter"])
+        else:
+            model = factory(previous[2].gp.hyperparameters(), self.options["warm_fit_maxiter"])
         self.models[key] = (x, y, model)
         return model
 
@@ -240,8 +270,8 @@ class ExpectedImprovementBO(SelectsBestScore):
             x = np.array([[frame.to_z(self.codec.encode_value(n, o.values[n]), self.codec.index[n]) for n in params]
                           for o in data])
             cost = np.array([o.cost for o in data])
-            models.append(self._fit(key, x, cost, lambda warm, c=columns, x=x, cost=cost: LogCostModel(
-                c, x, cost, warm, self.options["fit_maxiter"])))
+            models.append(self._fit(key, x, cost, lambda warm, maxiter, c=columns, x=x, cost=cost: LogCostModel(
+                c, x, cost, warm, maxiter, reuse=self.options["posterior_reuse"])))
         return models
 
     def pool(self, index: PaidIndex, completed: list[TrialResult]) -> list[Prefix]:
@@ -277,8 +307,8 @@ class ExpectedImprovementBO(SelectsBestScore):
         frame = _Frame.of(self.codec, [r.spec.config for r in self.results.values()], self.options["normalize"])
         x = np.stack([frame.to_z_vector(self.codec.encode(r.spec.config)) for r in completed])
         y = np.array([-float(r.score) for r in completed])  # type: ignore[arg-type]
-        objective = self._fit("objective", x, y,
-                              lambda warm: ObjectiveModel(x, y, warm, self.options["fit_maxiter"]))
+        objective = self._fit("objective", x, y, lambda warm, maxiter: ObjectiveModel(
+            x, y, warm, maxiter, reuse=self.options["posterior_reuse"]))
         index = PaidIndex(self.info.stages, ctx.paid_prefixes)
         costs = self._cost_models(index, frame)
         eta = self.eta(ctx)
@@ -305,9 +335,16 @@ class ExpectedImprovementBO(SelectsBestScore):
             config = self.codec.decode(frame.to_u_vector(point.numpy()))
             config.update(prefix.values)
             candidates.append(config)
-        depths = [index.cached_depth(c) if self.MEMO else 0 for c in candidates]
+        depths = [index.cached_depth(c) if self.memoization_aware else 0 for c in candidates]
         z_rounded = torch.tensor(np.stack([frame.to_z_vector(self.codec.encode(c)) for c in candidates]))
         values = evaluate(acquisition, z_rounded, torch.tensor(depths, dtype=torch.long)).numpy()
+
+        def score(configs: list[Config]) -> np.ndarray:
+            z_configs = torch.tensor(np.stack([frame.to_z_vector(self.codec.encode(c)) for c in configs]))
+            d = [index.cached_depth(c) if self.memoization_aware else 0 for c in configs]
+            return evaluate(acquisition, z_configs, torch.tensor(d, dtype=torch.long)).numpy()
+
+        self._scorer = score
         seen = {_config_key(r.spec.config) for r in self.results.values()}
         order = sorted(range(len(candidates)), key=lambda i: (-values[i], i))
         chosen = next((i for i in order if _config_key(candidates[i]) not in seen), None)
@@ -316,6 +353,17 @@ class ExpectedImprovementBO(SelectsBestScore):
                      "value": None if chosen is None else float(values[chosen]),
                      "seconds": time.perf_counter() - started}
         return None if chosen is None else self.info.space.validate(candidates[chosen])
+
+
+    def score_configs(self, configs: list[Config]) -> np.ndarray:
+        """log acquisition values of ``configs`` under the last BO proposal's acquisition (each at the
+        number of stages it would read from the cache); a diagnostic for comparing settings
+        (``benchmarks/bo.py --ask-time``). Raises RuntimeError before the first BO proposal."""
+        if self._scorer is None:
+            raise RuntimeError("no BO proposal yet")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return self._scorer(configs)
 
 
 @dataclass(frozen=True)
@@ -379,7 +427,7 @@ class EEIPU(CArBO):
 
     name = "eeipu"
     COST_MODEL = "stages"
-    MEMO = True
+    memoization_aware = True
     OPTIONS = (*CArBO.OPTIONS, "n_prefixes", "prefix_pool", "epsilon")
 
     def epsilon(self, ctx: AskContext) -> float:

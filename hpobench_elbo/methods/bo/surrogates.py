@@ -16,6 +16,13 @@ the previous fit's hyperparameters when the shapes agree (warm start), otherwise
 values above. BoTorch's ``fit_gpytorch_mll`` is not used because its retries resample
 hyperparameters from the global torch RNG; a failed fit falls back to the initial values, so the
 result is a deterministic function of the data and the warm start.
+
+Prediction reuses the posterior's training-side solve (the GP regression equations, Rasmussen and
+Williams 2006, eq. 2.25-2.26): once per fit, the Cholesky factor L of K(X, X) + noise I and
+alpha = (K + noise I)^-1 (y - c) are computed; then at test points x, with k = K(x, X) from the
+fitted kernel module, mean = c + k alpha and variance = k(x, x) - |L^-1 k^T|^2. This is the same
+posterior as BoTorch's ``model.posterior`` (a test checks it) without rebuilding a posterior object
+at every call of the acquisition optimiser.
 """
 
 from __future__ import annotations
@@ -66,7 +73,10 @@ class FittedGP:
     """A fitted ``SingleTaskGP`` on standardised targets, with a differentiable marginal prediction."""
 
     def __init__(self, x: np.ndarray, y: np.ndarray, warm: dict[str, torch.Tensor] | None = None,
-                 maxiter: int = 100) -> None:
+                 maxiter: int = 100, reuse: bool = True) -> None:
+        """Fit a GP to ``x`` (n, d) in the unit cube and standardised ``y`` (n,), from ``warm``
+        (the previous fit's hyperparameters) when given; ``reuse``: predict from the cached
+        training-side solve (module doc), else through ``posterior`` at every call."""
         from botorch.models import SingleTaskGP
 
         self.train_x = torch.as_tensor(x, dtype=DTYPE)
@@ -79,6 +89,7 @@ class FittedGP:
             self._load(warm)
         self.fit_ok = self._fit(maxiter)
         self.model.eval()
+        self._solve = self._training_solve() if reuse else None
 
     def hyperparameters(self) -> dict[str, torch.Tensor]:
         return {name: p.detach().clone() for name, p in self.model.named_parameters()}
@@ -108,8 +119,37 @@ class FittedGP:
         mll.eval()
         return ok
 
+    def _training_solve(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """(c, L, alpha) of the fitted model (see the module doc), or None when K + noise I has no
+        Cholesky factor even with jitter (``predict`` then asks BoTorch's posterior)."""
+        from linear_operator.utils.cholesky import psd_safe_cholesky
+
+        with torch.no_grad():
+            x, y = self.train_x, self.train_y.reshape(-1)
+            k = self.model.covar_module.forward(x, x)
+            noise = self.model.likelihood.noise.reshape(-1)[0]
+            try:
+                chol = psd_safe_cholesky(k + noise * torch.eye(len(x), dtype=DTYPE))
+            except Exception:  # noqa: BLE001 - numerical failure: fall back to the posterior object
+                return None
+            c = self.model.mean_module.constant.reshape(())
+            alpha = torch.cholesky_solve((y - c).unsqueeze(-1), chol).reshape(-1)
+        return c.detach(), chol, alpha
+
     def predict(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Posterior mean and variance of the latent function at each row of ``x`` (n, d); differentiable."""
+        if self._solve is None:
+            return self.posterior(x)
+        c, chol, alpha = self._solve
+        kernel = self.model.covar_module
+        cross = kernel.forward(x, self.train_x)  # (n, N)
+        mean = c + cross @ alpha
+        v = torch.linalg.solve_triangular(chol, cross.transpose(0, 1), upper=False)  # (N, n)
+        prior = kernel.forward(x, x, diag=True).reshape(-1)
+        return mean, prior - (v * v).sum(dim=0)
+
+    def posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``predict`` through BoTorch's ``model.posterior`` (the reference it is tested against)."""
         import gpytorch
 
         with gpytorch.settings.debug(False):  # skips input checks, not numerics
@@ -120,10 +160,11 @@ class FittedGP:
 class ObjectiveModel:
     """The objective GP on standardised ``y`` (maximised) and the best standardised observation."""
 
-    def __init__(self, x: np.ndarray, y: np.ndarray, warm: dict[str, torch.Tensor] | None, maxiter: int) -> None:
+    def __init__(self, x: np.ndarray, y: np.ndarray, warm: dict[str, torch.Tensor] | None, maxiter: int,
+                 reuse: bool = True) -> None:
         self.standardizer = Standardizer.of(y)
         ys = self.standardizer(y)
-        self.gp = FittedGP(x, ys, warm, maxiter)
+        self.gp = FittedGP(x, ys, warm, maxiter, reuse)
         self.best = float(np.max(ys))
 
     def predict(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -134,12 +175,13 @@ class LogCostModel:
     """A GP on the standardised log cost of one stage (or of the whole pipeline), on its own columns."""
 
     def __init__(self, columns: list[int], x: np.ndarray, cost: np.ndarray,
-                 warm: dict[str, torch.Tensor] | None, maxiter: int, floor: float = 1e-9) -> None:
+                 warm: dict[str, torch.Tensor] | None, maxiter: int, floor: float = 1e-9,
+                 reuse: bool = True) -> None:
         """``x``: (n, len(columns)) inputs of the model's own columns; ``cost``: (n,) true costs."""
         self.columns = columns
         log_cost = np.log(np.maximum(np.asarray(cost, dtype=np.float64), floor))
         self.standardizer = Standardizer.of(log_cost)
-        self.gp = FittedGP(x, self.standardizer(log_cost), warm, maxiter)
+        self.gp = FittedGP(x, self.standardizer(log_cost), warm, maxiter, reuse)
 
     def predict_log(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and standard deviation of the log cost at each row of the full input ``x`` (n, d)."""
