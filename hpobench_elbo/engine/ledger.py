@@ -318,14 +318,26 @@ class Ledger:
         warnings.warn(f"{path}: torn last line moved to {path.name}.torn", stacklevel=3)
 
     def append(self, row: Mapping[str, Any], kind: str = "trial") -> None:
-        """Append one finished trial (or the ``end`` record) and fsync before returning."""
+        """Append one finished trial (or the ``end`` record) and fsync before returning.
+
+        If the write fails (``OSError``: a full disk, a read-only filesystem), the file is cut back
+        to its size before the call, so no part of the row stays behind, and the error is raised:
+        the row is not recorded and ``resume`` runs that trial again."""
         record = {"type": kind, **row, "time": datetime.now(timezone.utc).isoformat(), "machine": machine_load()}
         line = json.dumps(record, sort_keys=True, allow_nan=False) + "\n"
-        with open(self.path, "a", encoding="utf-8") as fh:
-            fh.write(line)
-            fault_point("ledger-write")
-            fh.flush()
-            os.fsync(fh.fileno())
+        size = self.path.stat().st_size
+        try:
+            with open(self.path, "a", encoding="utf-8") as fh:
+                fh.write(line)
+                fault_point("ledger-write")
+                fh.flush()
+                os.fsync(fh.fileno())
+        except OSError:
+            try:
+                os.truncate(self.path, size)  # frees what a partial write took: works on a full disk
+            except OSError:
+                pass  # a torn last line then: moved aside on the next open
+            raise
         if kind == "trial":
             fault_point("ledger-append")
             self.rows.append(record)

@@ -30,7 +30,7 @@ from torch import nn
 
 from hpobench_elbo.contracts import Recipe, Stage, StageRun, TaskInfo, TrialContext, TrialResult, TrialSpec
 from hpobench_elbo.engine.budget import BudgetExhausted
-from hpobench_elbo.errors import UserError
+from hpobench_elbo.errors import UserError, is_environment_failure
 from hpobench_elbo.space import Config, SearchSpace
 from hpobench_elbo.tasks.data import ArrayDataset, DataSplits, stratified_subset, train_validation_split
 from hpobench_elbo.tasks.training import Objective, TrainData, Trainer, evaluate, seeded
@@ -247,6 +247,8 @@ class SupervisedTask:
                 raise
             result = TrialResult(spec=spec, status="cut", cost={}, steps=len(trial.stage_runs))
         except Exception as exc:  # noqa: BLE001 - a failing hook fails the trial, never the cell
+            if is_environment_failure(exc):  # disk full, read-only...: the run stops (exit 3)
+                raise
             result = TrialResult(spec=spec, status="failed", cost={}, steps=len(trial.stage_runs),
                                  error=f"{type(exc).__name__}: {exc}"[:500])
         if trial.stage_runs:
