@@ -432,6 +432,9 @@ class Cell:
     label: str = ""
     max_failures: int = 5
     trial_timeout: float | None = None
+    max_trials: int = 10_000
+    """The most trials the cell runs (the suite's ``max_trials_per_cell``; a refit is not counted);
+    then it stops with reason ``trial cap``. Not part of the definition (nor of the cell id)."""
 
     def definition(self) -> dict[str, Any]:
         return {

@@ -390,6 +390,9 @@ class CellRunner:
                 if self.failures >= self.cell.max_failures:
                     self.stop_reason = "failing"
                     break
+                if sum(r.spec.kind == "trial" for r in self.results.values()) >= self.cell.max_trials:
+                    self.stop_reason = "trial cap"  # prices that cannot exhaust the budget still end
+                    break
                 try:
                     if not self._search_step():
                         self.stop_reason = "method done"
