@@ -41,9 +41,13 @@ def resolve_device(device: str = "auto") -> str:
 def select_cells(cells: Sequence[Cell], only: str | None) -> list[Cell]:
     """Filter cells by ``task=...,method=...,seed=...,scale=...``: within one selection a key may
     repeat (``seed=0,seed=1``: either) and different keys must all match; selections separated by
-    ``;`` are alternatives (``task=a;task=b,seed=0``: every cell of a, and b's seed 0)."""
-    if not only:
+    ``;`` are alternatives (``task=a;task=b,seed=0``: every cell of a, and b's seed 0). ``None``
+    selects every cell; an empty or blank selection is refused (it would silently select all)."""
+    if only is None:
         return list(cells)
+    if not only.strip():
+        raise UserError(f"--only {only!r}: an empty selection; give task=..., method=..., scale=... or seed=... "
+                        "(or leave --only out to run every cell)")
     selections: list[dict[str, set[str]]] = []
     for part in only.split(";"):
         wanted: dict[str, set[str]] = {}

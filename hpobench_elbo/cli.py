@@ -185,8 +185,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     except (EnvironmentFailure, OSError) as exc:
         failure = exc if isinstance(exc, EnvironmentFailure) else EnvironmentFailure.from_os_error(exc)
-        sys.stderr.write(f"hpobench-elbo: environment error: {failure}; nothing written was lost: fix the "
-                         "cause and run 'hpobench-elbo resume' on the results directory\n")
+        sys.stderr.write(f"hpobench-elbo: environment error: {failure}; {_after_environment_error(args)}\n")
         return EXIT_ENVIRONMENT
     except KeyboardInterrupt:
         where = _results_dir(args)
@@ -194,6 +193,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                          f"continue with 'hpobench-elbo resume {where}'\n")
         return EXIT_INTERRUPTED
     return EXIT_OK
+
+
+def _after_environment_error(args: argparse.Namespace) -> str:
+    """What to do after an environment failure (exit 3): a run or resume continues with ``resume``;
+    a report, status or list changed no ledger, so the user runs the same command again."""
+    if args.command in ("run", "resume"):
+        return ("nothing written was lost: fix the cause and run "
+                f"'hpobench-elbo resume {_results_dir(args)}'")
+    what = "the report" if args.command == "report" else f"'hpobench-elbo {args.command}'"
+    return f"no ledger was changed: fix the cause and run {what} again"
 
 
 def _results_dir(args: argparse.Namespace) -> str:

@@ -448,6 +448,9 @@ class Cell:
     cache_access: CacheAccess = "all"
     """Who may read the stage cache: ``all`` (every method, the default) or ``memoization-aware``
     (only a method that declares ``memoization_aware = True``; EEIPU's paper's condition)."""
+    max_trials: int = 10_000
+    """The most trials the cell runs (the suite's ``max_trials_per_cell``; a refit is not counted);
+    then it stops with reason ``trial cap``. Not part of the definition (nor of the cell id)."""
 
     def definition(self) -> dict[str, Any]:
         out = {

@@ -7,6 +7,8 @@ cell goes on. Every error prints as one line naming the place.
 
 from __future__ import annotations
 
+import errno
+
 
 class UserError(Exception):
     """Bad input: the CLI prints ``str(error)`` on one line and exits with code 2."""
@@ -45,6 +47,17 @@ class EnvironmentFailure(Exception):
     def from_os_error(cls, exc: OSError, path: object = None) -> EnvironmentFailure:
         where = exc.filename if exc.filename is not None else path
         return cls(f"{where}: {exc.strerror or exc}")
+
+
+ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO})
+"""OS errors that are the environment's (disk full, quota, read-only, permissions, I/O), not a trial's."""
+
+
+def is_environment_failure(exc: BaseException) -> bool:
+    """True for an ``OSError`` whose errno is in :data:`ENVIRONMENT_ERRNOS`: it must stop the run
+    (exit 3) before anything it did not finish is recorded, so that ``resume`` reproduces the
+    uninterrupted run. Every place that records a trial as ``failed`` re-raises such an error."""
+    return isinstance(exc, OSError) and exc.errno in ENVIRONMENT_ERRNOS
 
 
 EXIT_OK, EXIT_BAD_INPUT, EXIT_ENVIRONMENT, EXIT_CELL_FAILED, EXIT_INTERRUPTED = 0, 2, 3, 4, 130

@@ -44,8 +44,14 @@ above every shipped suite and benchmark, low enough that an absurd value is caug
 PLAIN_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 """A suite name is a plain file name: it names the default results directory."""
 
+MAX_TRIALS_PER_CELL = 10_000
+"""The default cap on the trials of one cell (suite key ``max_trials_per_cell``): a cell whose
+trials cost next to nothing (counting-clock prices near 0) still ends, with stop reason ``trial
+cap``. Every shipped suite stays far below it (the smoke suite's largest cell runs about 40)."""
+
 LATER_KEYS = {"max_failures": 5, "trial_timeout": None, "jobs": 1, "address": None, "max_attempts": 3,
-              "num_gpus": 0.0, "oversubscribe": False, "cache_access": "all"}
+              "num_gpus": 0.0, "oversubscribe": False, "cache_access": "all",
+              "max_trials_per_cell": MAX_TRIALS_PER_CELL}
 """Top-level keys added after the first suites, with their defaults: left out of the suite hash
 while at their default, so the hash of an older suite does not change."""
 
@@ -122,6 +128,11 @@ class Suite(_Strict):
     ``cache_access``: ``all`` (default) opens the stage cache to every method; ``memoization-aware``
     only to methods that declare ``memoization_aware`` (EEIPU's paper's condition), the others then
     compute every stage at its true cost. Part of each cell's definition when not ``all``.
+    ``max_trials_per_cell``: a cell stops asking (reason ``trial cap``) after this many trials
+    (default :data:`MAX_TRIALS_PER_CELL`), so prices that cannot exhaust the budget still end.
+    ``clock_options`` price the counting clock only: given with ``clock: device`` (other than
+    the defaults, which a stored ``suite.yaml`` carries) they are refused; so is an ``address``
+    without ``executor: ray``.
     """
 
     name: StrictStr = Field(pattern=PLAIN_NAME)
@@ -145,6 +156,7 @@ class Suite(_Strict):
     num_gpus: StrictFloat = Field(default=0.0, ge=0)
     oversubscribe: StrictBool = False
     cache_access: CacheAccessKey = "all"
+    max_trials_per_cell: StrictInt = Field(default=MAX_TRIALS_PER_CELL, ge=1, le=10**7)
 
     @field_validator("seeds")
     @classmethod
@@ -156,6 +168,16 @@ class Suite(_Strict):
         for i, task in enumerate(self.tasks):
             if task.methods is None and not self.methods:
                 raise ValueError(f"tasks[{i}] ({task.name}) has no methods: list them under the task or at the top")
+        return self
+
+    @model_validator(mode="after")
+    def _keys_that_apply(self) -> Suite:
+        if self.clock == "device" and self.clock_options != CountingOptions():
+            raise ValueError("clock_options: they price the counting clock; this suite has clock: device "
+                             "(remove clock_options or use clock: counting)")
+        if self.address is not None and self.executor != "ray":
+            raise ValueError(f"address: {self.address!r} is for the Ray executor; this run's executor is "
+                             f"{self.executor} (add --executor ray, or drop --address)")
         return self
 
     def pairs(self) -> list[tuple[int, TaskEntry, int, MethodEntry]]:
@@ -200,8 +222,19 @@ class Suite(_Strict):
                     clock_options=definition["clock_options"], refit=self.refit, cache=self.cache,
                     threads=self.threads, label=method.display, max_failures=self.max_failures,
                     trial_timeout=self.trial_timeout, cache_access=access,
+                    max_trials=self.max_trials_per_cell,
                 ))
         return cells
+
+    def cell_places(self) -> list[tuple[Cell, str]]:
+        """Every cell with the place in the suite that defines it (``tasks[0] x methods[1], seed 0``),
+        in :meth:`cells` order."""
+        places = []
+        for i, task, j, method in self.pairs():
+            pair = f"tasks[{i}].methods[{j}]" if task.methods is not None else f"tasks[{i}] x methods[{j}]"
+            for seed in task.seeds if task.seeds is not None else self.seeds:
+                places.append(f"{pair} ({task.name} x {method.display}), seed {seed}")
+        return list(zip(self.cells(), places))
 
 
 def _loc(loc: Sequence[Any]) -> str:
@@ -214,6 +247,15 @@ def _loc(loc: Sequence[Any]) -> str:
         else:
             out += f".{part}" if out else str(part)
     return out or "(top level)"
+
+
+def _validation_line(exc: ValidationError) -> str:
+    """The first validation error as ``key.path: message`` (a whole-suite check names its keys itself)."""
+    err = exc.errors()[0]
+    msg = str(err["msg"])
+    if not err["loc"] and err.get("type") == "value_error":
+        return msg.removeprefix("Value error, ")
+    return f"{_loc(err['loc'])}: {msg}"
 
 
 def apply_overrides(raw: dict[str, Any], overrides: Sequence[str], where: str) -> dict[str, Any]:
@@ -348,6 +390,18 @@ def _check_registries(suite: Suite, where: str) -> None:
                 raise SuiteError(f"{where}: {place}.options: {exc} (task {task.name!r})") from None
 
 
+def _check_distinct_cells(suite: Suite, where: str) -> None:
+    """Refuse a suite that defines one cell twice (``methods: [random, random]``, ``random`` beside
+    ``{name: random, label: random}``, a task listed twice): a cell is its definition, so both
+    would be counted and only one run. The line names both places."""
+    first: dict[str, str] = {}
+    for cell, place in suite.cell_places():
+        if cell.cell_id in first:
+            raise SuiteError(f"{where}: {place} is the same cell as {first[cell.cell_id]}: remove one, or give "
+                             "one a different label or options")
+        first[cell.cell_id] = place
+
+
 def load_suite(path: str | Path, overrides: Sequence[str] = ()) -> Suite:
     """Read, override and validate a suite file; raise SuiteError (one line) on bad input."""
     path = Path(path)
@@ -372,8 +426,8 @@ def load_suite(path: str | Path, overrides: Sequence[str] = ()) -> Suite:
     try:
         suite = Suite.model_validate(raw)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        raise SuiteError(f"{where}: {_loc(err['loc'])}: {err['msg']}") from None
+        raise SuiteError(f"{where}: {_validation_line(exc)}") from None
+    _check_distinct_cells(suite, where)
     _check_registries(suite, where)
     return suite
 
@@ -383,7 +437,7 @@ def suite_from_mapping(raw: Mapping[str, Any], where: str = "<suite>") -> Suite:
     try:
         suite = Suite.model_validate(dict(raw))
     except ValidationError as exc:
-        err = exc.errors()[0]
-        raise SuiteError(f"{where}: {_loc(err['loc'])}: {err['msg']}") from None
+        raise SuiteError(f"{where}: {_validation_line(exc)}") from None
+    _check_distinct_cells(suite, where)
     _check_registries(suite, where)
     return suite

@@ -101,6 +101,24 @@ MALFORMED = [
     ("trial-timeout-negative", GOOD + "trial_timeout: -5\n", ["trial_timeout"]),
     ("clock-option-boolean", edit("clock: counting", "clock: counting\nclock_options: {cache_read: true}"),
      ["clock_options.cache_read"]),
+    # added with reliability round three (issue 21): duplicate cells name both places
+    ("duplicate-method", edit("  - grid", "  - random"), ["methods[1]", "same cell as", "methods[0]"]),
+    ("duplicate-method-by-label", edit("  - grid", "  - {name: random, label: random}"),
+     ["tasks[0] x methods[1]", "same cell as tasks[0] x methods[0]"]),
+    ("duplicate-method-empty-options", edit("  - grid", "  - {name: random, options: {}}"),
+     ["methods[1]", "same cell as", "methods[0]"]),
+    ("duplicate-task", edit("  - {name: digits-mlp, scale: smoke}", "  - {name: digits-mlp, scale: smoke}\n"
+                            "  - {name: digits-mlp}"), ["tasks[1] x methods[0]", "same cell as tasks[0] x methods[0]"]),
+    ("duplicate-task-method", edit("  - {name: digits-mlp, scale: smoke}",
+                                   "  - {name: digits-mlp, scale: smoke, methods: [grid, random, grid]}"),
+     ["tasks[0].methods[2]", "same cell as tasks[0].methods[0]"]),
+    ("clock-options-under-device-clock", edit("clock: counting", "clock: device\nclock_options: {per_example: 1.0}"),
+     ["clock_options", "clock: device"]),
+    ("address-without-ray", GOOD + "address: 127.0.0.1:6379\n", ["address", "executor ray"]),
+    ("max-trials-per-cell-zero", GOOD + "max_trials_per_cell: 0\n", ["max_trials_per_cell"]),
+    ("task-n-absurd", edit("scale: smoke}", "scale: smoke, options: {n: 1000000000000}}"),
+     ["tasks[0].options", "option n", "1,000,000,000,000"]),
+    ("task-steps-absurd", edit("scale: smoke}", "scale: smoke, options: {steps: 1.0e+12}}"), ["tasks[0].options", "steps"]),
 ]
 
 
@@ -155,8 +173,12 @@ def test_missing_suite_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     (["--set", "budget=[1"], ["--set", "invalid YAML"]),
     (["--only", "method=nope"], ["method=nope"]),
     (["--only", "colour=red"], ["colour=red"]),
+    (["--only", ""], ["--only ''", "empty selection"]),
+    (["--only", "  "], ["--only '  '", "empty selection"]),
+    (["--address", "127.0.0.1:6379"], ["address", "--executor ray"]),
+    (["--set", "methods.1=random"], ["methods[1]", "same cell as", "methods[0]"]),
 ], ids=["set-negative-budget", "set-bad-scale", "set-no-such-item", "set-no-value", "set-bad-yaml", "only-no-match",
-       "only-bad-key"])
+       "only-bad-key", "only-empty", "only-blank", "address-without-executor-ray", "set-duplicate-cell"])
 def test_bad_command_line_overrides(tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str],
                                     needles: list[str]) -> None:
     path = tmp_path / "good.yaml"
@@ -189,3 +211,27 @@ def test_bad_input_in_a_real_process(tmp_path: Path) -> None:
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
     assert str(path) in proc.stderr and "budget" in proc.stderr
     assert proc.stdout == ""
+
+
+def test_the_same_cell_twice_is_refused_not_counted_twice(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 21 item 3: ``--dry-run`` used to list the cell twice and count its budget twice."""
+    path = tmp_path / "twice.yaml"
+    path.write_text(edit("  - grid", "  - {name: random, label: random}"))
+    assert cli.main(["run", str(path), "--dry-run"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1 and "same cell" in err
+    path.write_text(edit("  - grid", "  - {name: random, label: random-2}"))  # another label: another cell
+    assert cli.main(["run", str(path), "--dry-run"]) == 0
+    listed = capsys.readouterr().out.splitlines()
+    assert len(set(listed[:-1])) == len(listed[:-1]) == 4 and "4 cells" in listed[-1]
+
+
+def test_a_task_n_above_its_pool_is_one_line_before_any_trial(tmp_path: Path) -> None:
+    """digits-mlp's labelled pool is 1,438 examples: an n of 5,000 is refused when the data loads."""
+    path = tmp_path / "big.yaml"
+    path.write_text(edit("scale: smoke}", "scale: smoke, options: {n: 5000}}"))
+    out = tmp_path / "out"
+    proc = run_cli(["run", str(path), "--out", str(out), "--quiet"])
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.count("\n") == 1 and "option n = 5,000 is larger than the labelled pool" in proc.stderr
+    assert not any(p.read_text().count("\n") > 1 for p in out.glob("*.jsonl"))  # no trial recorded

@@ -35,6 +35,7 @@ import torch
 from hpobench_elbo.contracts import StageRun
 from hpobench_elbo.engine.budget import BudgetMeter
 from hpobench_elbo.engine.faults import fault_point
+from hpobench_elbo.errors import is_environment_failure
 from hpobench_elbo.space import canonical
 
 Output = Any  # a tensor, or a tuple/dict of tensors
@@ -133,9 +134,23 @@ class CacheView:
         self.paid_keys = paid_keys
         self.closed = closed
         self.stats = TrialCacheStats()
+        self.failure: OSError | None = None
+        """An environment failure (``errors.is_environment_failure``: disk full, read-only, ...) met
+        by a store during this trial. The loop raises it after ``task.run`` even if the task caught
+        it, so a full disk stops the run instead of turning into a ``failed`` trial."""
 
     def begin_trial(self) -> None:
         self.stats = TrialCacheStats()
+        self.failure = None
+
+    def _store(self, key: str, output: Output, cost: float, description: Mapping[str, Any]) -> None:
+        """``StageCache.store``, remembering an environment failure (then re-raised) in ``failure``."""
+        try:
+            self.store.store(key, output, cost, description)
+        except OSError as exc:
+            if is_environment_failure(exc):
+                self.failure = exc
+            raise
 
     def has_paid(self, key: str) -> bool:
         return key in self.paid_keys
@@ -186,7 +201,7 @@ class CacheView:
                 return StageRun(stage, output, true_cost, hit=False)
         # compute (a miss, or a missing/corrupted entry)
         output, true_cost = self._compute(meter, compute, simulated_cost, examples, phase)
-        self.store.store(key, output, true_cost, description)
+        self._store(key, output, true_cost, description)
         self._paid(key)
         return StageRun(stage, output, true_cost, hit=False)
 
@@ -214,7 +229,7 @@ class CacheView:
         priced, _ = meter.clock.end(token, phase, examples)
         true_cost = float(simulated_cost) if simulated_cost is not None else float(priced)
         self.stats.recomputed += 1
-        self.store.store(key, output, true_cost, description)
+        self._store(key, output, true_cost, description)
         return output, true_cost
 
     def uncharged(self, *, task: str, name: str, params: Mapping[str, Any], compute: Callable[[], Output]) -> Output:
@@ -224,7 +239,7 @@ class CacheView:
         if entry is not None:
             return entry[0]
         output = compute()
-        self.store.store(key, output, 0.0, {"task": task, "stage": name, "params": dict(params)})
+        self._store(key, output, 0.0, {"task": task, "stage": name, "params": dict(params)})
         return output
 
     def _paid(self, key: str) -> None:

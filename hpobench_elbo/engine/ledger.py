@@ -60,7 +60,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, StrictInt, ValidationError
 
 from hpobench_elbo.engine.faults import fault_point
 from hpobench_elbo.errors import LedgerError
@@ -143,15 +143,15 @@ class TrialRecord(_Record):
     tuner: dict[str, Any]
     data: Literal["split", "all"]
     status: Literal["ok", "cut", "pruned", "diverged", "failed"]
-    cost: dict[str, float]
-    steps: StrictInt
+    cost: dict[str, NonNegativeFloat]
+    steps: StrictInt = Field(ge=0)
     score: float | None
     metrics: dict[str, float | None]
     test: dict[str, float | None] | None
     trajectory: list[dict[str, Any]]
     recommendation: StrictInt | None
-    spent: float
-    meter: dict[str, float]
+    spent: NonNegativeFloat
+    meter: dict[str, NonNegativeFloat]
     refit_status: Literal["accepted", "rejected", "unchecked"] | None = None
 
 
@@ -160,7 +160,7 @@ class EndRecord(_Record):
 
     type: Literal["end"]
     reason: str
-    spent: float
+    spent: NonNegativeFloat
     recommendation: StrictInt | None
 
 
@@ -180,9 +180,37 @@ def check_record(obj: Any) -> None:
         raise ValueError(f"{obj['type']} record: {where}: {err['msg']}") from None
 
 
+def _no_constant(name: str) -> Any:
+    """``json.loads``' hook for ``NaN`` / ``Infinity``: a writer never writes them (``allow_nan=False``;
+    a non-finite value is written as null), so in a ledger they are damage."""
+    raise ValueError(f"{name} is not a valid ledger value (non-finite numbers are written as null)")
+
+
+def _check_sequence(obj: dict[str, Any], objects: list[dict[str, Any]]) -> None:
+    """A trial row or end record after the records ``objects`` before it: trial ids 0, 1, 2, ...
+    in order (a resumed cell continues the numbering), cumulative ``spent`` never decreasing, and a
+    recommendation that names an ``ok`` trial recorded so far (the row itself included)."""
+    before = [o for o in objects if o["type"] == "trial"]
+    if obj["type"] == "trial":
+        if obj["trial_id"] in {t["trial_id"] for t in before}:
+            raise ValueError(f"trial {obj['trial_id']} recorded twice")
+        expected = before[-1]["trial_id"] + 1 if before else 0
+        if obj["trial_id"] != expected:
+            raise ValueError(f"trial {obj['trial_id']} out of order (expected trial {expected}: trial ids are "
+                             "0, 1, 2, ... in the order they ran)")
+    if before and obj["spent"] < before[-1]["spent"]:
+        raise ValueError(f"spent {obj['spent']:g} is below the {before[-1]['spent']:g} already recorded "
+                         "(spent is cumulative)")
+    known = [*before, obj] if obj["type"] == "trial" else before
+    rec = obj.get("recommendation")
+    if rec is not None and not any(t["trial_id"] == rec and t["status"] == "ok" for t in known):
+        raise ValueError(f"recommendation {rec} is not an ok trial of this ledger")
+
+
 def _parse(path: Path, text: str) -> LedgerContents:
-    """Parse and check a ledger's text: every line a valid record, the header first, each trial id
-    once, nothing after the end record; a damaged last line is ``torn``; damage before it raises."""
+    """Parse and check a ledger's text: every line a valid record, the header first, trial ids in
+    order and each once, recommendations that name ok trials, no NaN, nothing after the end record;
+    a damaged last line is ``torn``; damage before it raises."""
     lines = text.split("\n")
     complete, tail = lines[:-1], lines[-1]  # ``tail`` is what follows the last newline
     numbered = [(n, line) for n, line in enumerate(complete, start=1) if line.strip()]
@@ -190,10 +218,9 @@ def _parse(path: Path, text: str) -> LedgerContents:
         numbered.append((len(complete) + 1, tail))
     objects: list[dict[str, Any]] = []
     torn: str | None = None
-    seen: set[int] = set()
     for position, (number, line) in enumerate(numbered):
         try:
-            obj = json.loads(line)
+            obj = json.loads(line, parse_constant=_no_constant)
             check_record(obj)
             if position == 0 and obj["type"] != "header":
                 raise ValueError("the first record is not the header")
@@ -201,10 +228,8 @@ def _parse(path: Path, text: str) -> LedgerContents:
                 raise ValueError("a second header")
             if objects and objects[-1]["type"] == "end":
                 raise ValueError("a record after the end record")
-            if obj["type"] == "trial":
-                if obj["trial_id"] in seen:
-                    raise ValueError(f"trial {obj['trial_id']} recorded twice")
-                seen.add(obj["trial_id"])
+            if obj["type"] != "header":
+                _check_sequence(obj, objects)
         except ValueError as exc:
             if position == len(numbered) - 1 and position > 0:
                 torn = line
@@ -226,6 +251,10 @@ def _parse(path: Path, text: str) -> LedgerContents:
 def read_ledger(path: str | Path) -> LedgerContents:
     """Read and check a ledger without changing it (a torn last line is reported, not moved).
 
+    Every reader goes through here, so every reader checks that the ledger belongs to its file's
+    cell: a ``<cell-id>.jsonl`` whose header names another cell id raises :class:`LedgerError`
+    ("ledger belongs to another cell"), e.g. a seed-1 ledger copied over the seed-0 file.
+
     A 0-byte ledger means "not started" to every command: ``resume`` runs the cell, ``status``
     counts it as remaining, ``report`` leaves it out and says so; here it raises
     :class:`EmptyLedger`.
@@ -241,7 +270,12 @@ def read_ledger(path: str | Path) -> LedgerContents:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise LedgerError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    return _parse(path, text)
+    contents = _parse(path, text)
+    if path.suffix == ".jsonl" and contents.header.get("cell_id") != path.stem:
+        raise LedgerError(f"{path}: ledger belongs to another cell (its header names "
+                          f"{contents.header.get('cell_id')!r}); a ledger is named after its cell: restore "
+                          "the right file or delete this one")
+    return contents
 
 
 class EmptyLedger(LedgerError):
@@ -325,14 +359,26 @@ class Ledger:
         warnings.warn(f"{path}: torn last line moved to {path.name}.torn", stacklevel=3)
 
     def append(self, row: Mapping[str, Any], kind: str = "trial") -> None:
-        """Append one finished trial (or the ``end`` record) and fsync before returning."""
+        """Append one finished trial (or the ``end`` record) and fsync before returning.
+
+        If the write fails (``OSError``: a full disk, a read-only filesystem), the file is cut back
+        to its size before the call, so no part of the row stays behind, and the error is raised:
+        the row is not recorded and ``resume`` runs that trial again."""
         record = {"type": kind, **row, "time": datetime.now(timezone.utc).isoformat(), "machine": machine_load()}
         line = json.dumps(record, sort_keys=True, allow_nan=False) + "\n"
-        with open(self.path, "a", encoding="utf-8") as fh:
-            fh.write(line)
-            fault_point("ledger-write")
-            fh.flush()
-            os.fsync(fh.fileno())
+        size = self.path.stat().st_size
+        try:
+            with open(self.path, "a", encoding="utf-8") as fh:
+                fh.write(line)
+                fault_point("ledger-write")
+                fh.flush()
+                os.fsync(fh.fileno())
+        except OSError:
+            try:
+                os.truncate(self.path, size)  # frees what a partial write took: works on a full disk
+            except OSError:
+                pass  # a torn last line then: moved aside on the next open
+            raise
         if kind == "trial":
             fault_point("ledger-append")
             self.rows.append(record)

@@ -48,7 +48,7 @@ from hpobench_elbo.engine.clock import make_clock
 from hpobench_elbo.engine.faults import fault_point
 from hpobench_elbo.engine.ledger import Ledger, LedgerLike
 from hpobench_elbo.engine.seeds import Seeds
-from hpobench_elbo.errors import LedgerError, PluginError
+from hpobench_elbo.errors import LedgerError, PluginError, is_environment_failure
 from hpobench_elbo.space import canonical
 
 TRIAL_TIMEOUT_FLOOR = 3600.0
@@ -348,7 +348,11 @@ class CellRunner:
         except BudgetExhausted:
             result = TrialResult(spec=spec, status="cut", cost={})
         except Exception as exc:  # noqa: BLE001 - a failing trial is recorded, the cell goes on
+            if is_environment_failure(exc):  # disk full, read-only...: stop the run, record nothing
+                raise
             result = TrialResult(spec=spec, status="failed", cost={}, error=f"{type(exc).__name__}: {exc}"[:500])
+        if self.cache.failure is not None:  # a stage-cache write the task caught: still the environment's
+            raise self.cache.failure
         if result.status == "ok":
             self.longest_trial = max(self.longest_trial, time.perf_counter() - started)
         stats = self.cache.stats
@@ -423,6 +427,9 @@ class CellRunner:
                     break
                 if self.failures >= self.cell.max_failures:
                     self.stop_reason = "failing"
+                    break
+                if sum(r.spec.kind == "trial" for r in self.results.values()) >= self.cell.max_trials:
+                    self.stop_reason = "trial cap"  # prices that cannot exhaust the budget still end
                     break
                 try:
                     if not self._search_step():

@@ -8,7 +8,8 @@ one message per finished trial (the driver appends it with ``Ledger.append``, fs
 with the record). Only the driver process writes a ledger; the workers share the stage cache, whose
 writes are atomic renames.
 
-A worker that dies (killed, out of memory) loses only the trial in flight: the driver starts a new
+A worker dies with its driver (``die_with_parent``): a SIGKILLed driver leaves no worker that
+starts another trial. A worker that dies (killed, out of memory) loses only the trial in flight: the driver starts a new
 worker and submits the cell again; the attempt replays the ledger and continues. After
 ``max_attempts`` attempts the cell's summary reason starts with ``attempts exhausted``. Ctrl-C
 stops the workers (they ignore SIGINT, so the driver decides), appends rows that had already
@@ -24,6 +25,8 @@ import os
 import pickle
 import signal
 import sys
+import threading
+import time
 import traceback
 from collections import deque
 from collections.abc import Sequence
@@ -66,8 +69,34 @@ class _DriverGone(Exception):
     """The pipe to the driver is closed: the driver has stopped."""
 
 
+def die_with_parent(parent: int) -> None:
+    """Make this worker process die as soon as its driver (``parent``, its pid) does, even by
+    SIGKILL: on Linux the kernel sends SIGKILL when the parent exits (``prctl(PR_SET_PDEATHSIG)``);
+    elsewhere, and for a parent that is already gone, a daemon thread checks the parent pid every
+    0.2 s. A worker holds no results (the driver has every row), so it must not start another trial
+    once nobody can record it."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent:  # gone before the call above took effect
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    def watch() -> None:
+        while True:
+            time.sleep(0.2)
+            if os.getppid() != parent:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="driver-watch", daemon=True).start()
+
+
 def _worker_main(conn: multiprocessing.connection.Connection, ctx: RunContext, cache_root: str | None,
-                 cache_enabled: bool, header_extra: dict[str, Any]) -> None:
+                 cache_enabled: bool, header_extra: dict[str, Any], parent: int) -> None:
+    die_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle
     try:
         _serve(conn, ctx, cache_root, cache_enabled, header_extra)
@@ -181,7 +210,7 @@ class ParallelRun:
 
     def _spawn(self) -> _Worker:
         parent, child = self.mp.Pipe(duplex=True)
-        args = (child, self.ctx, self.cache_root, self.cache_enabled, self.header_extra)
+        args = (child, self.ctx, self.cache_root, self.cache_enabled, self.header_extra, os.getpid())
         process = self.mp.Process(target=_worker_main, args=args, daemon=True, name="hpobench-elbo-worker")
         process.start()
         child.close()

@@ -30,7 +30,7 @@ from torch import nn
 
 from hpobench_elbo.contracts import Recipe, Stage, StageRun, TaskInfo, TrialContext, TrialResult, TrialSpec
 from hpobench_elbo.engine.budget import BudgetExhausted
-from hpobench_elbo.errors import UserError
+from hpobench_elbo.errors import UserError, is_environment_failure
 from hpobench_elbo.space import Config, SearchSpace
 from hpobench_elbo.tasks.data import ArrayDataset, DataSplits, stratified_subset, train_validation_split
 from hpobench_elbo.tasks.training import Objective, TrainData, Trainer, evaluate, seeded
@@ -104,6 +104,11 @@ def stage_metrics(runs: list[StageRun]) -> dict[str, float]:
     return metrics
 
 
+MAX_SIZE_OPTION = 10**9
+"""The largest ``n``, ``steps`` or ``batch_size`` a task option may give (checked when a suite loads;
+an ``n`` above the task's labelled pool is refused when its data loads)."""
+
+
 class SupervisedTask:
     """Base class: subclasses set ``name``, ``SCALES``, ``objective`` and implement the hooks."""
 
@@ -119,6 +124,10 @@ class SupervisedTask:
         for key, value in (("n", n), ("steps", steps), ("batch_size", batch_size)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise UserError(f"task {self.name!r}: option {key} must be an integer >= 1, got {value!r}")
+            if value is not None and value > MAX_SIZE_OPTION:
+                raise UserError(f"task {self.name!r}: option {key} = {value:,} is above {MAX_SIZE_OPTION:,}, "
+                                "the most any task here can use")
+        self.n_option = n  # an explicit n above the labelled pool is refused once the data is loaded
         base = self.SCALES[scale]
         self.scale_name = scale
         self.scale = replace(base, n=n if n is not None else base.n, steps=steps or base.steps,
@@ -192,7 +201,12 @@ class SupervisedTask:
 
     @property
     def n_pool(self) -> int:
+        """The labelled pool N: the scale's ``n`` (all of the pool if None, or if the pool is smaller);
+        an ``n`` given as an option that is larger than the pool is bad input (``UserError``)."""
         total = len(self.data.pool)
+        if self.n_option is not None and self.n_option > total:
+            raise UserError(f"task {self.name!r}: option n = {self.n_option:,} is larger than the labelled pool "
+                            f"of {self.data.pool.name} ({total:,} examples)")
         return total if self.scale.n is None else min(self.scale.n, total)
 
     @property
@@ -247,6 +261,8 @@ class SupervisedTask:
                 raise
             result = TrialResult(spec=spec, status="cut", cost={}, steps=len(trial.stage_runs))
         except Exception as exc:  # noqa: BLE001 - a failing hook fails the trial, never the cell
+            if is_environment_failure(exc):  # disk full, read-only...: the run stops (exit 3)
+                raise
             result = TrialResult(spec=spec, status="failed", cost={}, steps=len(trial.stage_runs),
                                  error=f"{type(exc).__name__}: {exc}"[:500])
         if trial.stage_runs:

@@ -21,6 +21,7 @@ from torch import nn
 
 from hpobench_elbo.contracts import Recipe, TaskInfo, TrainSetup, TrialContext, TrialResult, TrialSpec, Tuner
 from hpobench_elbo.engine.budget import BudgetExhausted
+from hpobench_elbo.errors import is_environment_failure
 from hpobench_elbo.tasks.training.recipe import RecipeOptimizer
 from hpobench_elbo.tasks.training.sampling import minibatch_indices
 
@@ -173,6 +174,8 @@ class Trainer:
             torch.cuda.empty_cache()
             return TrialResult(**base, status="failed", steps=step, error=f"OutOfMemoryError: {str(exc)[:300]}")
         except Exception as exc:  # noqa: BLE001 - recorded; the cell goes on
+            if is_environment_failure(exc):  # disk full, read-only...: the run stops (exit 3)
+                raise
             return TrialResult(**base, status="failed", steps=step, error=f"{type(exc).__name__}: {str(exc)[:400]}")
 
 
