@@ -52,7 +52,9 @@ class Recipe:
     SGD with ``momentum`` (used where the search space has no ``momentum``) and ``nesterov``,
     the learning-rate ``schedule`` (``cosine`` annealing to 0 over ``steps``, or ``constant``), and
     the total gradient norm clipped at ``clip_norm`` (None: no clipping). ``batch_size`` (None: full
-    batch) and ``steps`` are the training run's length. Written in every ledger header. A method
+    batch) and ``steps`` are the training run's length. ``optimizer="adam"`` (the DE-ELBo papers'
+    choice for their GP) takes Adam steps instead (default betas; ``momentum`` and ``nesterov`` do
+    not apply). Written in every ledger header. A method
     that learns an item of the recipe (the implicit family learns the learning rate and momentum)
     replaces that item and says so in its doc.
     """
@@ -81,6 +83,91 @@ def cosine_lr(lr: float, step: int, total_steps: int) -> float:
     return 0.5 * lr * (1.0 + math.cos(math.pi * step / max(1, total_steps)))
 
 
+ModelHyperparameterPlace = Literal["model", "likelihood", "prior"]
+TRANSFORMS: tuple[str, ...] = ("softplus", "exp", "identity")
+"""How a model hyperparameter's value follows from its raw (unconstrained) parameter."""
+
+
+@dataclass(frozen=True)
+class ModelHyperparameter:
+    """A hyperparameter that lives in the model, its likelihood or its weight prior, not in the update
+    (e.g. a GP's lengthscale, its output scale, the Gaussian likelihood's noise, the weights' prior
+    variance). A task declares them in ``TaskInfo.model_hyperparameters``; the engine never reads them.
+
+    * **Declared by the task.** ``name`` is the hyperparameter's name; when ``name`` is also a key of
+      the task's search space, the trial's config value sets it, otherwise it starts at ``init``.
+      ``where="model"`` or ``"likelihood"``: its raw value is the model's parameter ``parameter``
+      (a name in ``model.named_parameters()``; a vector for e.g. one lengthscale per input
+      dimension, every element set to the config value) and its value is ``transform(raw)``
+      (``softplus``, ``exp`` or ``identity``, elementwise). ``where="prior"``: the variance v of the
+      isotropic Gaussian prior N(0, v I) over the model's weights that have no prior mean
+      (``parameter`` is None; every trainable parameter that is not a declared hyperparameter is a
+      weight).
+    * **Set by search methods.** A search method puts the value in the config like any other key;
+      the task's ``build_model(seed, config)`` writes ``transform^-1(value)`` into the parameter.
+      The ``Trainer`` freezes (``requires_grad=False``) every declared parameter unless the trial's
+      tuner declares ``learns_model_hyperparameters = True`` (see ``Tuner``), so a tuner that does
+      not learn them trains the weights at the config's values. Such a tuner applies a ``prior``
+      hyperparameter as the MAP penalty ||w||^2 / (2 v n_train) added to the mean loss (the plain
+      SGD tuner does).
+    * **Found and learned by tuners.** A tuner that learns them finds each ``model``/``likelihood``
+      one by ``parameter`` in the model, excludes it from the weights (it gets no posterior and
+      is not counted in D) and learns it as a point estimate with the weights, starting from the
+      config's value; it learns a ``prior`` one its own way (the ELBo tuner: in closed form). Its
+      trajectory rows report values (``transform(raw)``), never raw parameters.
+
+    The standard names, which methods that need a particular role look up: ``lengthscale`` and
+    ``outputscale`` (an RBF kernel), ``noise`` (the Gaussian likelihood's variance) and
+    ``prior_variance``.
+    """
+
+    name: str
+    where: ModelHyperparameterPlace
+    init: float
+    parameter: str | None = None
+    transform: str = "softplus"
+
+    def __post_init__(self) -> None:
+        if self.transform not in TRANSFORMS:
+            raise ValueError(f"model hyperparameter {self.name!r}: transform must be one of {TRANSFORMS}")
+        if (self.parameter is None) != (self.where == "prior"):
+            raise ValueError(f"model hyperparameter {self.name!r}: a {self.where!r} hyperparameter "
+                             + ("has no parameter" if self.where == "prior" else "needs its model parameter"))
+
+    def value(self, raw: torch.Tensor) -> torch.Tensor:
+        """The hyperparameter's value from its raw parameter (differentiable)."""
+        import torch as _torch
+
+        if self.transform == "softplus":
+            return _torch.nn.functional.softplus(raw)
+        return raw.exp() if self.transform == "exp" else raw
+
+    def raw(self, value: float) -> float:
+        """The raw parameter value that gives ``value`` (the inverse of :meth:`value`)."""
+        if self.transform == "softplus":
+            if not value > 0:
+                raise ValueError(f"model hyperparameter {self.name!r}: softplus needs a value > 0, got {value}")
+            return value + math.log(-math.expm1(-value))
+        return math.log(value) if self.transform == "exp" else float(value)
+
+
+class ClosedFormGaussianModel(Protocol):
+    """An optional capability of a task's model that is linear in its weights with a Gaussian
+    likelihood (e.g. a random-Fourier-feature GP): the expected NLL under a Gaussian q has a closed
+    form, which a variational tuner uses instead of Monte-Carlo samples where it can.
+
+    The model's ``forward(x)`` returns (B, 2) outputs: the predictive mean and the log predictive
+    variance of a Gaussian likelihood (the task's loss is that Gaussian's mean NLL).
+    """
+
+    def expected_nll(self, x: torch.Tensor, y: torch.Tensor, weight_var: torch.Tensor) -> torch.Tensor:
+        """The mean over the examples of E_q[-log p(y_i | x_i, w)] for q(w) = N(m, weight_var I) over
+        the weights (every trainable parameter that is not a declared hyperparameter; m = their
+        current values). Differentiable in m, the hyperparameters and ``weight_var`` (a 0-dim
+        tensor). Called inside a tuner's step; it changes no parameter."""
+        ...
+
+
 @dataclass(frozen=True)
 class TaskInfo:
     """What a method may know about a task (never its data or test set).
@@ -88,7 +175,9 @@ class TaskInfo:
     ``space`` is the search space every method sees; ``stages`` the pipeline's stages in order and
     the parameters each consumes (the unit of memoization); ``n_pool`` the labelled pool N;
     ``metric`` and ``direction`` describe the test metric; ``recipe`` the training recipe (None for
-    a task that trains nothing, e.g. a simulated pipeline).
+    a task that trains nothing, e.g. a simulated pipeline); ``model_hyperparameters`` the
+    hyperparameters that live in the model, its likelihood or its prior (:class:`ModelHyperparameter`;
+    empty for most tasks).
     """
 
     name: str
@@ -102,6 +191,7 @@ class TaskInfo:
     n_classes: int | None = None
     description: str = ""
     recipe: Recipe | None = None
+    model_hyperparameters: tuple[ModelHyperparameter, ...] = ()
 
     @property
     def default_stage(self) -> Stage:
@@ -557,8 +647,13 @@ class Tuner(Protocol):
         or None to let the Trainer use the validation loss. Called once, after training."""
         ...
 
-    # Optional member: ``score_name: str``, what ``selection_score`` measures (default
-    # "training objective"), written to the ledger beside the score.
+    # Optional members:
+    #   ``score_name: str``, what ``selection_score`` measures (default "training objective"),
+    #       written to the ledger beside the score.
+    #   ``learns_model_hyperparameters: bool`` (default False): True when the tuner learns the
+    #       task's ``info.model_hyperparameters`` itself (see ``ModelHyperparameter``); the Trainer
+    #       then leaves their parameters trainable, else it freezes them at the config's values
+    #       before ``init``.
 
     def trajectory(self) -> list[dict[str, float]]:
         """The learned hyperparameters per hyper-step (scalars, or quantiles for per-weight
@@ -603,7 +698,7 @@ works the same on Python 3.10 to 3.13)."""
 
 OPTIONAL_MEMBERS: dict[str, dict[str, int | None]] = {
     "Method": {"checkpoint": 3, "inapplicable_reason": 1, "validate_options": 2, "memoization_aware": None},
-    "Tuner": {"score_name": None},
+    "Tuner": {"score_name": None, "learns_model_hyperparameters": None},
     "Task": {"summary": 0},
 }
 """Optional members and the positional arguments each must accept when present (None: an attribute)."""

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from hpobench_elbo.contracts import Recipe, Stage, StageRun, TaskInfo, TrialContext, TrialResult, TrialSpec
+from hpobench_elbo.contracts import ModelHyperparameter, Recipe, Stage, StageRun, TaskInfo, TrialContext, TrialResult, TrialSpec
 from hpobench_elbo.engine.budget import BudgetExhausted
 from hpobench_elbo.errors import UserError, is_environment_failure
 from hpobench_elbo.space import Config, SearchSpace
@@ -40,9 +40,10 @@ from hpobench_elbo.tasks.training import Objective, TrainData, Trainer, evaluate
 class Scale:
     """How big a task runs: labelled pool size N (None = all), steps, batch size (None = full batch).
 
-    ``clip_norm`` (default 1.0, the DE-ELBo papers' total gradient-norm clipping) and ``schedule``
-    (default cosine annealing) complete the task's training recipe at this scale (see
-    ``contracts.Recipe``); ``extra`` holds task-specific settings.
+    ``clip_norm`` (default 1.0, the DE-ELBo papers' total gradient-norm clipping), ``schedule``
+    (default cosine annealing) and ``optimizer`` (default SGD with Nesterov momentum; ``adam``)
+    complete the task's training recipe at this scale (see ``contracts.Recipe``); ``extra`` holds
+    task-specific settings.
     """
 
     n: int | None
@@ -51,6 +52,7 @@ class Scale:
     extra: Mapping[str, Any] = field(default_factory=dict)
     clip_norm: float | None = 1.0
     schedule: str = "cosine"
+    optimizer: str = "sgd"
 
     def describe(self) -> str:
         n = "all" if self.n is None else str(self.n)
@@ -191,6 +193,11 @@ class SupervisedTask:
     def stages(self) -> tuple[Stage, ...]:
         return (Stage("train", tuple(self.space_for(self.scale_name).names)),)
 
+    def model_hyperparameters(self) -> tuple[ModelHyperparameter, ...]:
+        """Hook: the hyperparameters that live in the model, its likelihood or its prior
+        (``contracts.ModelHyperparameter``; cheap, no data is loaded). Default: none."""
+        return ()
+
     # -- shared machinery -------------------------------------------------------------------
     @cached_property
     def data(self) -> DataSplits:
@@ -213,8 +220,10 @@ class SupervisedTask:
     def recipe(self) -> Recipe:
         """The training recipe at this scale: SGD, Nesterov momentum 0.9, the scale's schedule and
         clipping, batch and steps (what no method tunes)."""
+        adam = self.scale.optimizer == "adam"
         return Recipe(steps=self.scale.steps, batch_size=self.scale.batch_size, clip_norm=self.scale.clip_norm,
-                      schedule=self.scale.schedule)  # type: ignore[arg-type]
+                      schedule=self.scale.schedule, optimizer=self.scale.optimizer,  # type: ignore[arg-type]
+                      **({"momentum": 0.0, "nesterov": False} if adam else {}))
 
     def static_info(self) -> TaskInfo:
         """``info`` without loading the data (``n_pool`` 0, ``n_classes`` None): what a suite checks
@@ -223,7 +232,7 @@ class SupervisedTask:
             name=self.name, scale=self.scale_name, space=self.space_for(self.scale_name), stages=self.stages(),
             has_backbone=self.has_backbone, n_pool=0, metric=self.objective.metric,
             direction="max" if self.objective.metric == "accuracy" else "min",
-            description=self.description, recipe=self.recipe)
+            description=self.description, recipe=self.recipe, model_hyperparameters=self.model_hyperparameters())
 
     @cached_property
     def info(self) -> TaskInfo:

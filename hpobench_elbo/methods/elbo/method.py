@@ -31,7 +31,12 @@ Configuration: the trial's config must validate against the task's search space,
 other than ``lr`` gets a fixed value inside the space that the ELBo tuner ignores (it learns the
 regularisation itself): 0 for a log-scale float that admits 0 (e.g. ``weight_decay``), else the
 lowest value of a float or integer (e.g. ``momentum`` = 0.0 in the MLP tasks' space), else the first
-option of a choice. A space without ``lr`` is refused (``UserError``).
+option of a choice. A space without ``lr`` is refused (``UserError``). A key that is one of the task's model
+hyperparameters (``info.model_hyperparameters``, e.g. a GP's lengthscale and noise) gets its declared
+``init`` instead: the tuner learns it from there (the prior variance in closed form).
+
+Option ``closed_form`` (``auto``, true, false) is passed to the tuner: the exact expected NLL where
+the model gives it (``tuner.py``).
 """
 
 from __future__ import annotations
@@ -81,15 +86,18 @@ class DataEmphasizedELBo(SelectsBestScore):
 
     def __init__(self, info: TaskInfo, seed: int, lrs: Sequence[float] = DEFAULT_LRS,
                  per_parameter_sigma: bool = False, prior: str = "auto", sigma_init: float = 1e-4,
-                 selection_samples: int = 10) -> None:
+                 selection_samples: int = 10, closed_form: str | bool = "auto") -> None:
         super().__init__(info, seed)
         self.lrs = _check_lrs(lrs)
         self.tuner_options = ELBoOptions(kappa=self.kappa, per_parameter_sigma=per_parameter_sigma, prior=prior,
-                                         sigma_init=sigma_init, selection_samples=selection_samples).to_json()
+                                         sigma_init=sigma_init, selection_samples=selection_samples,
+                                         closed_form=closed_form).to_json()
         self.fixed: dict[str, Any] = {}
         if info is not None:
             self.validate_options(info.space, {"lrs": lrs})
-            self.fixed = {name: placeholder_value(p) for name, p in info.space if name != "lr"}
+            starts = {h.name: h.init for h in info.model_hyperparameters}  # learned from their declared start
+            self.fixed = {name: starts[name] if name in starts else placeholder_value(p)
+                          for name, p in info.space if name != "lr"}
         self.position = 0
 
     @classmethod
@@ -142,8 +150,9 @@ class PrunedDataEmphasizedELBo(DataEmphasizedELBo):
 
     def __init__(self, info: TaskInfo, seed: int, lrs: Sequence[float] = DEFAULT_LRS,
                  per_parameter_sigma: bool = False, prior: str = "auto", sigma_init: float = 1e-4,
-                 selection_samples: int = 10, fractions: Sequence[float] = (0.25, 0.5)) -> None:
-        super().__init__(info, seed, lrs, per_parameter_sigma, prior, sigma_init, selection_samples)
+                 selection_samples: int = 10, fractions: Sequence[float] = (0.25, 0.5),
+                 closed_form: str | bool = "auto") -> None:
+        super().__init__(info, seed, lrs, per_parameter_sigma, prior, sigma_init, selection_samples, closed_form)
         if isinstance(fractions, (str, bytes)) or not all(
                 isinstance(f, (int, float)) and not isinstance(f, bool) and 0 < f < 1 for f in fractions):
             raise UserError(f"fractions: expected numbers strictly between 0 and 1, got {fractions!r}")

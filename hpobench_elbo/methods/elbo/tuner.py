@@ -43,6 +43,23 @@ The fused step (issue 11; the cost of a step does not grow with the number of pa
   arithmetic, evaluated as autograd would chain them. The gradient is then applied in closed form:
   d reg / d m = 2 c_g (m - mu) (c_g = d reg / d ||m_g - mu_g||^2) and rho's gradient through softplus.
 
+Hyperparameters that live in the model or its likelihood (``contracts.ModelHyperparameter``, e.g.
+a GP's lengthscales, output scale and noise; the GP extension of 2502.01861): the tuner declares
+``learns_model_hyperparameters``, so the Trainer leaves them trainable; they are excluded from w (no
+posterior, not counted in D), start at the config's values and are learned as point estimates in the
+same optimizer group as [m, rho] (the papers' code "also updates prior/likelihood params if
+learnable"), by the gradient of the same per-step loss. A ``prior`` hyperparameter (the weights'
+prior variance) is tau, at its closed form. Their values are in every trajectory row (a vector:
+its geometric mean under the name and each element as ``<name>_<i>``).
+
+Closed form (``closed_form``, default ``auto``): when the model gives the exact expected NLL under
+q (``contracts.ClosedFormGaussianModel``, a model linear in its weights with a Gaussian likelihood)
+and q is iso, the per-step loss uses it instead of the one-sample estimate (no eps is drawn):
+d NLL / d m, d NLL / d sigma and the hyperparameters' gradients come from one backward pass of
+``model.expected_nll(x, y, sigma^2)``, and the selection score's NLL is the exact expectation over
+the training set (one pass, ``n_train`` examples). ``closed_form=false`` keeps the Monte-Carlo
+estimator (what the tests compare against the closed form); ``true`` refuses a model without it.
+
 Charging: sampling and the forward/backward pass are the trainer's ``train`` unit; the KL, its
 gradient, the NLL's gradient with respect to sigma (one dot product over D) and the trajectory row
 are computed in each step inside a nested ``hyper`` unit (examples=0); the selection pass is one
@@ -162,7 +179,9 @@ class ELBoOptions:
     ``kappa``: ``"data-emphasized"`` (D / n_train) or a positive number (1: the plain ELBo);
     ``sigma_init``: the initial posterior standard deviation; ``per_parameter_sigma``: one sigma per
     weight element (the diag q) instead of one shared sigma; ``selection_samples``: posterior
-    samples of the final training objective; ``prior``: ``auto``, ``l2-sp`` or ``l2-zero``.
+    samples of the final training objective; ``prior``: ``auto``, ``l2-sp`` or ``l2-zero``;
+    ``closed_form``: ``"auto"`` (the exact expected NLL where the model gives it and q is iso),
+    true (required) or false (always the one-sample estimate).
     """
 
     kappa: str | float = DATA_EMPHASIZED
@@ -170,6 +189,7 @@ class ELBoOptions:
     per_parameter_sigma: bool = False
     selection_samples: int = 10
     prior: str = "auto"
+    closed_form: str | bool = "auto"
 
     def __post_init__(self) -> None:
         kappa = self.kappa
@@ -187,10 +207,17 @@ class ELBoOptions:
         samples = self.selection_samples
         if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
             raise UserError(f"selection_samples: expected an integer >= 1, got {samples!r}")
+        if self.closed_form != "auto" and not isinstance(self.closed_form, bool):
+            raise UserError(f"closed_form: expected 'auto', true or false, got {self.closed_form!r}")
+        if self.closed_form is True and self.per_parameter_sigma:
+            raise UserError("closed_form: true needs the iso q (per_parameter_sigma: false)")
 
     def to_json(self) -> dict[str, Any]:
-        return {"kappa": self.kappa, "per_parameter_sigma": self.per_parameter_sigma, "prior": self.prior,
-                "sigma_init": float(self.sigma_init), "selection_samples": self.selection_samples}
+        out = {"kappa": self.kappa, "per_parameter_sigma": self.per_parameter_sigma, "prior": self.prior,
+               "sigma_init": float(self.sigma_init), "selection_samples": self.selection_samples}
+        if self.closed_form != "auto":  # written only when set (older ledgers have none)
+            out["closed_form"] = self.closed_form
+        return out
 
 
 @dataclass(frozen=True)
@@ -250,9 +277,11 @@ class ELBoTuner:
     """
 
     score_name = "final training objective"
+    learns_model_hyperparameters = True
 
     def __init__(self, **options: Any) -> None:
         opts = ELBoOptions(**options)
+        self.closed_form_option = opts.closed_form
         self.kappa_option = opts.kappa
         self.sigma_init = float(opts.sigma_init)
         self.per_parameter_sigma = opts.per_parameter_sigma
@@ -269,7 +298,18 @@ class ELBoTuner:
         if "lr" not in config:
             raise UserError("elbo tuner: the configuration has no 'lr'")
         self.lr = float(config["lr"])
-        self.params: dict[str, nn.Parameter] = {n: p for n, p in model.named_parameters() if p.requires_grad}
+        named = dict(model.named_parameters())
+        declared = [h for h in info.model_hyperparameters if h.parameter is not None]
+        # the model's hyperparameters: point estimates, not weights (no posterior, not in D)
+        self.hyper = [(h, named[h.parameter]) for h in declared if h.parameter in named
+                      and named[h.parameter].requires_grad]
+        hyper_names = {h.parameter for h in declared}
+        self.params: dict[str, nn.Parameter] = {n: p for n, p in model.named_parameters()
+                                                if p.requires_grad and n not in hyper_names}
+        self.closed_form = (self.closed_form_option is not False and not self.per_parameter_sigma
+                            and callable(getattr(model, "expected_nll", None)))
+        if self.closed_form_option is True and not self.closed_form:
+            raise UserError("elbo tuner: closed_form: true, but the model has no expected_nll")
         if not self.params:
             raise ValueError("elbo tuner: the model has no trainable parameters")
         all_names = {n for n, _ in model.named_parameters()}
@@ -336,7 +376,8 @@ class ELBoTuner:
             self.rho_leaf = self.rho
         # one parameter group [m, rho] (same rate, momentum and clipping as two groups would have; a
         # second group only costs the optimizer's per-group overhead)
-        self.optimizer = setup.make_optimizer([{"params": [*self.params.values(), self.rho_leaf], "lr": self.lr}])
+        self.optimizer = setup.make_optimizer([{"params": [*self.params.values(), self.rho_leaf,
+                                                           *(p for _, p in self.hyper)], "lr": self.lr}])
         self.total_steps = int(setup.total_steps)
         self.record_every = max(1, self.total_steps // TRAJECTORY_POINTS)
         if device.type == "cpu" and isinstance(setup.generator, torch.Generator):
@@ -542,6 +583,7 @@ class ELBoTuner:
         row.update({k: v for k, v in terms.items() if k == "sigma" or k.startswith("sigma_q")})
         row["kl"] = terms["kl"]
         row["nll"] = float(nll)
+        row.update(self.hyperparameter_values())
         row.update(extra)
         self._trajectory.append(row)
 
@@ -551,14 +593,28 @@ class ELBoTuner:
         x, y = batch
         record = step % self.record_every == 0 or step == self.total_steps - 1
         self._grad.zero_()  # the parameters' .grad are views of it (the optimizer's zero_grad would unbind them)
-        sigma = self._perturb()  # the forward and backward run at w = m + sigma * eps
-        try:
-            nll = self.setup.loss_fn(model(x), y)
-            nll.backward()  # grad = d NLL / d w = d NLL / d m
-        finally:
-            self._restore()
+        for _, p in self.hyper:
+            p.grad = None
+        grad_sigma_nll: torch.Tensor | None = None
+        if self.closed_form:  # the exact E_q[NLL] at m: no sample; d/d sigma by autograd
+            sigma = self._sigma()
+            s = sigma.clone().requires_grad_(True)
+            nll = self.model.expected_nll(x, y, s * s)
+            nll.backward()
+            grad_sigma_nll = s.grad.reshape(())  # type: ignore[union-attr]
+        else:
+            sigma = self._perturb()  # the forward and backward run at w = m + sigma * eps
+            try:
+                nll = self.setup.loss_fn(model(x), y)
+                nll.backward()  # grad = d NLL / d w = d NLL / d m
+            finally:
+                self._restore()
         with self.setup.meter.unit("hyper", examples=0), torch.no_grad():
-            if isinstance(self.rho, dict):
+            if grad_sigma_nll is not None:
+                torch._foreach_copy_(self._m_views, self._plist)  # _prior reads m from _m
+                (nll_value, grad_s, rho), terms = self._prior(sigma, [nll.detach(), grad_sigma_nll, self.rho])
+                self._add_prior_gradient(terms, rho, grad_s)
+            elif isinstance(self.rho, dict):
                 (nll_value,), terms = self._prior(sigma, [nll], quantiles=record)
                 self._add_prior_gradient(terms)
             else:
@@ -581,7 +637,8 @@ class ELBoTuner:
     def final_objective(self) -> dict[str, float]:
         """Mean NLL over the training set averaged over posterior samples, KL, and the objective.
 
-        One ``hyper`` unit of ``selection_samples * n_train`` examples (computed once).
+        One ``hyper`` unit of ``selection_samples * n_train`` examples (``n_train`` with the closed
+        form: the exact expectation in one pass), computed once.
         """
         if self._final is not None:
             return self._final
@@ -590,17 +647,24 @@ class ELBoTuner:
         x, y = self.setup.train_data
         n = len(x)
         chunk = max(1024, int(self.setup.batch_size))
-        with self.setup.meter.unit("hyper", examples=self.selection_samples * n):
+        passes = 1 if self.closed_form else self.selection_samples
+        with self.setup.meter.unit("hyper", examples=passes * n):
             was_training = self.model.training
             self.model.eval()
             try:
                 total = 0.0
-                for _ in range(self.selection_samples):
-                    with self._perturbed():
-                        for i in range(0, n, chunk):
-                            xb, yb = x[i:i + chunk], y[i:i + chunk]
-                            total += float(self.setup.loss_fn(self.model(xb), yb)) * len(xb)
-                mean_nll = total / (self.selection_samples * n)
+                if self.closed_form:  # the exact expectation over q, one pass
+                    var = self._sigma().square()
+                    for i in range(0, n, chunk):
+                        xb, yb = x[i:i + chunk], y[i:i + chunk]
+                        total += float(self.model.expected_nll(xb, yb, var)) * len(xb)
+                else:
+                    for _ in range(self.selection_samples):
+                        with self._perturbed():
+                            for i in range(0, n, chunk):
+                                xb, yb = x[i:i + chunk], y[i:i + chunk]
+                                total += float(self.setup.loss_fn(self.model(xb), yb)) * len(xb)
+                mean_nll = total / (passes * n)
                 torch._foreach_copy_(self._m_views, self._plist)
                 _, terms = self._prior(self._sigma(), quantiles=True)
             finally:
@@ -617,6 +681,18 @@ class ELBoTuner:
 
     def trajectory(self) -> list[dict[str, float]]:
         return [dict(row) for row in self._trajectory]
+
+    @torch.no_grad()
+    def hyperparameter_values(self) -> dict[str, float]:
+        """The learned model/likelihood hyperparameters now: a scalar under its name; a vector's
+        geometric mean under its name and each element as ``<name>_<i>``. {} when there are none."""
+        out: dict[str, float] = {}
+        for h, p in self.hyper:
+            values = h.value(p.detach()).double().reshape(-1)
+            out[h.name] = float(values.log().mean().exp()) if values.numel() > 1 else float(values[0])
+            if values.numel() > 1:
+                out.update({f"{h.name}_{i}": float(v) for i, v in enumerate(values.tolist())})
+        return out
 
     # -- inspection ----------------------------------------------------------------------------------
     def flat_mean(self) -> torch.Tensor:

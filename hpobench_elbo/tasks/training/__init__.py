@@ -10,6 +10,9 @@ from hpobench_elbo.tasks.training.trainer import (
     Trainer,
     cross_entropy_objective,
     evaluate,
+    freeze_model_hyperparameters,
+    gaussian_nll,
+    gaussian_objective,
     mse_objective,
 )
 
@@ -17,5 +20,6 @@ TUNERS = {"sgd": SGDTuner}
 
 __all__ = [
     "Objective", "RecipeOptimizer", "SGDTuner", "TUNERS", "TrainData", "Trainer", "cosine_lr", "cross_entropy_objective",
-    "evaluate", "l2sp_penalty", "minibatch_indices", "mse_objective", "scheduled_lr", "seeded",
+    "evaluate", "freeze_model_hyperparameters", "gaussian_nll", "gaussian_objective", "l2sp_penalty",
+    "minibatch_indices", "mse_objective", "scheduled_lr", "seeded",
 ]

@@ -26,12 +26,17 @@ def scheduled_lr(recipe: Recipe, lr: float, step: int) -> float:
     return recipe.scheduled_lr(lr, step)
 
 
+OPTIMIZERS = ("sgd", "adam")
+"""The recipe's optimizers (``Recipe.optimizer``)."""
+
+
 class RecipeOptimizer:
-    """SGD over parameter groups under a task's recipe.
+    """SGD (or Adam, when the recipe says ``optimizer="adam"``) over parameter groups under a task's recipe.
 
     Each group is a mapping with ``params`` and a base ``lr``, optionally ``momentum`` (else the
     recipe's) and ``weight_decay`` (PyTorch-style, added to the gradient; default 0). Nesterov follows
-    the recipe wherever momentum is positive. :meth:`step` sets every group's rate from the schedule,
+    the recipe wherever momentum is positive; Adam uses its default betas and ignores momentum.
+    :meth:`step` sets every group's rate from the schedule,
     clips the total gradient norm over ``clip_params`` (default: every parameter of the groups) to
     ``recipe.clip_norm``, and steps.
     """
@@ -39,6 +44,16 @@ class RecipeOptimizer:
     def __init__(self, recipe: Recipe, param_groups: Sequence[Mapping[str, Any]],
                  clip_params: Iterable[torch.Tensor] | None = None) -> None:
         self.recipe = recipe
+        if recipe.optimizer not in OPTIMIZERS:
+            raise ValueError(f"recipe optimizer {recipe.optimizer!r}: expected one of {', '.join(OPTIMIZERS)}")
+        if recipe.optimizer == "adam":
+            adam_groups = [{"params": list(g["params"]), "lr": float(g["lr"]),
+                            "weight_decay": float(g.get("weight_decay", 0.0))} for g in param_groups]
+            self.base_lrs = [g["lr"] for g in adam_groups]
+            self.optimizer: torch.optim.Optimizer = torch.optim.Adam(adam_groups, lr=adam_groups[0]["lr"])
+            self.clip_params = list(clip_params) if clip_params is not None else \
+                [p for g in adam_groups for p in g["params"]]
+            return
         groups = []
         for group in param_groups:
             momentum = float(group.get("momentum", recipe.momentum))

@@ -3,7 +3,10 @@
 Configuration keys it reads: ``lr`` (required), ``weight_decay`` (PyTorch-style, added to the
 gradient), ``momentum`` (where the space searches it; else the recipe's), and the L2-SP penalty
 strengths ``alpha`` (backbone, towards the pretrained weights) and ``beta`` (head, towards zero),
-added to the mean loss as ``alpha * ||w_b - w_pretrained||^2 + beta * ||w_head||^2``. Schedule,
+added to the mean loss as ``alpha * ||w_b - w_pretrained||^2 + beta * ||w_head||^2``, and a task's
+``prior`` model hyperparameter (``contracts.ModelHyperparameter``: the variance v of the weights'
+prior N(0, v I)) as the MAP penalty ``||w_head||^2 / (2 v n_train)``. The task's other model
+hyperparameters are frozen at the config's values by the Trainer (this tuner does not learn them). Schedule,
 Nesterov momentum and gradient clipping come from the recipe (``TrainSetup.make_optimizer``).
 """
 
@@ -41,6 +44,9 @@ class SGDTuner:
         self.prior_mean = {n: v.to(setup.device) for n, v in setup.prior_mean.items() if n in self.params}
         self.alpha = float(config.get("alpha", 0.0))
         self.beta = float(config.get("beta", 0.0))
+        for hyper in info.model_hyperparameters:  # a prior variance v: beta += 1 / (2 v n_train)
+            if hyper.where == "prior":
+                self.beta += 1.0 / (2.0 * float(config.get(hyper.name, hyper.init)) * setup.n_train)
         group: dict[str, Any] = {"params": list(self.params.values()), "lr": float(config["lr"]),
                                  "weight_decay": float(config.get("weight_decay", 0.0))}
         if "momentum" in config:

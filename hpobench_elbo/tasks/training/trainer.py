@@ -56,6 +56,21 @@ def cross_entropy_objective(divergence_threshold: float = 1e3) -> Objective:
     return Objective(nn.functional.cross_entropy, accuracy, "accuracy", divergence_threshold)
 
 
+def gaussian_nll(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The mean Gaussian NLL of ``y`` under (B, 2) outputs (predictive mean, log predictive variance)."""
+    mean, log_var = out[:, 0], out[:, 1]
+    return (0.5 * (math.log(2 * math.pi) + log_var) + 0.5 * (y.reshape(-1) - mean) ** 2 * torch.exp(-log_var)).mean()
+
+
+def gaussian_objective(divergence_threshold: float = 1e3) -> Objective:
+    """A Gaussian likelihood with its variance in the model's outputs (``contracts.ClosedFormGaussianModel``):
+    loss the mean NLL, metric the RMSE of the predictive mean."""
+    def rmse(out: torch.Tensor, y: torch.Tensor) -> float:
+        return float(torch.sqrt(torch.mean((out[:, 0] - y.reshape(-1)) ** 2)))
+
+    return Objective(gaussian_nll, rmse, "rmse", divergence_threshold)
+
+
 def mse_objective(divergence_threshold: float = 1e6) -> Objective:
     def mse(out: torch.Tensor, y: torch.Tensor) -> float:
         return float(nn.functional.mse_loss(out.reshape(-1), y.reshape(-1)))
@@ -107,6 +122,7 @@ class Trainer:
         step = 0
         try:
             tuner: Tuner = ctx.build_tuner(spec.tuner)
+            freeze_model_hyperparameters(model, info, bool(getattr(tuner, "learns_model_hyperparameters", False)))
             model.to(self.device)
             model.train()
             batch_size = n if self.batch_size is None else min(self.batch_size, n)
@@ -177,6 +193,18 @@ class Trainer:
             if is_environment_failure(exc):  # disk full, read-only...: the run stops (exit 3)
                 raise
             return TrialResult(**base, status="failed", steps=step, error=f"{type(exc).__name__}: {str(exc)[:400]}")
+
+
+def freeze_model_hyperparameters(model: nn.Module, info: TaskInfo, learns: bool) -> None:
+    """Leave the task's declared model/likelihood hyperparameters trainable when the tuner learns them
+    (``learns``), else freeze them at the config's values (``contracts.ModelHyperparameter``)."""
+    names = {h.parameter for h in info.model_hyperparameters if h.parameter is not None}
+    params = dict(model.named_parameters())
+    missing = sorted(names - set(params))
+    if missing:
+        raise ValueError(f"the task declares model hyperparameters {missing} that are not parameters of its model")
+    for name in names:
+        params[name].requires_grad_(learns)
 
 
 def _mean(values: list[float]) -> float:
