@@ -476,8 +476,11 @@ class TrainSetup:
     ``param_groups`` (dicts with ``params`` and a base ``lr``; optional ``momentum``,
     ``weight_decay``): its ``step(step)`` applies the recipe's schedule to each group's base rate,
     clips the total gradient norm (over ``clip_params``, default every parameter of the groups)
-    and takes the momentum step; ``zero_grad()`` clears the gradients. Tuners that follow the
-    recipe use it instead of building an optimizer of their own.
+    and takes the momentum step; ``zero_grad()`` clears the gradients; ``parameter_state()``
+    returns a copy of its per-parameter state (momentum buffers) and ``load_parameter_state(state)``
+    takes such a state from an optimizer over same-shaped parameters, keeping its own rates (what
+    population-based training copies between members). Tuners that follow the recipe use it
+    instead of building an optimizer of their own.
     """
 
     loss_fn: Callable[..., Any]
@@ -657,7 +660,8 @@ class Tuner(Protocol):
 
     def trajectory(self) -> list[dict[str, float]]:
         """The learned hyperparameters per hyper-step (scalars, or quantiles for per-weight
-        values; at most a few dozen rows), for the report. ``[]`` when nothing is learned."""
+        values; at most a few dozen rows, or one per member per round for a population, whose rows
+        carry a ``member`` index), for the report. ``[]`` when nothing is learned."""
         ...
 
 

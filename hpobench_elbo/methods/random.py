@@ -20,7 +20,7 @@ class RandomSearch(SelectsBestScore):
 
     def __init__(self, info: TaskInfo, seed: int, max_trials: int | None = None) -> None:
         super().__init__(info, seed)
-        self.validate_options(None, {"max_trials": max_trials})
+        RandomSearch.validate_options(None, {"max_trials": max_trials})  # not a subclass's override
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         self.max_trials = max_trials
         self.study = optuna.create_study(direction="minimize", sampler=optuna.samplers.RandomSampler(seed=seed))

@@ -22,7 +22,8 @@ if TYPE_CHECKING:
     from hpobench_elbo.suite import Suite
 
 # Trajectory entries that are diagnostics of the objective, not hyperparameters.
-TRAJECTORY_DIAGNOSTICS = frozenset({"step", "kl", "nll", "loss", "elbo", "objective", "train_loss", "grad_norm"})
+TRAJECTORY_DIAGNOSTICS = frozenset({"step", "kl", "nll", "loss", "elbo", "objective", "train_loss", "grad_norm",
+                                    "member", "copied_from"})
 
 
 @dataclass(frozen=True)
@@ -141,7 +142,7 @@ def machine_loads(contents: LedgerContents) -> dict[str, float]:
             "cpus": float(start["cpus"]) if isinstance(start.get("cpus"), int) else np.nan}
 
 
-TRAJECTORY_COLUMNS = ["cell_id", "task", "method", "seed", "trial_id", "param", "cost", "value"]
+TRAJECTORY_COLUMNS = ["cell_id", "task", "method", "seed", "trial_id", "member", "param", "cost", "value"]
 
 
 def trajectory_records(contents: LedgerContents, cell: dict[str, Any]) -> list[dict[str, Any]]:
@@ -149,6 +150,8 @@ def trajectory_records(contents: LedgerContents, cell: dict[str, Any]) -> list[d
 
     A trial ran from ``spent - cost`` to ``spent``; step ``s`` of ``steps`` is placed at the
     fraction ``s / steps`` of that interval (the ledger records costs per trial, not per step).
+    A point with a ``member`` index (a population-based tuner: one row per member per round) belongs
+    to that member's line; other points have member -1.
     """
     out = []
     for row in contents.rows:
@@ -160,11 +163,14 @@ def trajectory_records(contents: LedgerContents, cell: dict[str, Any]) -> list[d
         for index, point in enumerate(trajectory):
             step = point.get("step", index)
             at = start + cost * min(float(step) / steps, 1.0)
+            member = point.get("member", -1)
+            member = int(member) if isinstance(member, (int, float)) and not isinstance(member, bool) else -1
             for param, value in point.items():
                 if param in TRAJECTORY_DIAGNOSTICS or not _is_number_or_null(value):
                     continue
                 out.append({"cell_id": cell["cell_id"], "task": cell["task"], "method": cell["method"],
-                            "seed": cell["seed"], "trial_id": row["trial_id"], "param": param, "cost": at,
+                            "seed": cell["seed"], "trial_id": row["trial_id"], "member": member,
+                            "param": param, "cost": at,
                             "value": float(value) if value is not None else np.nan})
     return out
 

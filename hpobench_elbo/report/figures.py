@@ -330,9 +330,11 @@ def trajectory_figures(trajectories: pd.DataFrame, cells: pd.DataFrame,
 
 
 def broken_line(group: pd.DataFrame, scale: float) -> tuple[np.ndarray, np.ndarray]:
-    """All trials of a method as one line, broken (a NaN point) between consecutive trials."""
-    rows = group.sort_values(["cell_id", "trial_id", "cost"], kind="stable")
-    trial = (rows["cell_id"].astype(str) + "#" + rows["trial_id"].astype(str)).to_numpy()
+    """All trials of a method as one line, broken (a NaN point) between consecutive trials (and
+    between the members of a population within one trial)."""
+    rows = group.sort_values(["cell_id", "trial_id", "member", "cost"], kind="stable")
+    trial = (rows["cell_id"].astype(str) + "#" + rows["trial_id"].astype(str) + "#"
+             + rows["member"].astype(str)).to_numpy()
     starts = np.flatnonzero(trial[1:] != trial[:-1]) + 1
     x = np.insert(rows["cost"].to_numpy(float) * scale, starts, np.nan)
     y = np.insert(rows["value"].to_numpy(float), starts, np.nan)

@@ -10,6 +10,7 @@ which applies the same items (``Recipe.scheduled_lr``, ``clip_norm``, ``nesterov
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -67,6 +68,17 @@ class RecipeOptimizer:
 
     def zero_grad(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
+
+    def parameter_state(self) -> dict[str, Any]:
+        """A copy of the per-parameter state (the momentum buffers), without the hyperparameters:
+        what population-based training copies from one member to another."""
+        return copy.deepcopy(self.optimizer.state_dict()["state"])
+
+    def load_parameter_state(self, state: Mapping[Any, Any]) -> None:
+        """Take the per-parameter state of an optimizer over parameters of the same shapes, in the same
+        order (from :meth:`parameter_state`); this optimizer keeps its own rates, momentum and decay."""
+        own = self.optimizer.state_dict()
+        self.optimizer.load_state_dict({"state": dict(state), "param_groups": own["param_groups"]})
 
     def step(self, step: int) -> None:
         for group, base in zip(self.optimizer.param_groups, self.base_lrs):
