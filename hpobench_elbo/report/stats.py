@@ -65,9 +65,10 @@ class Target:
 
 
 TARGET_BEST = Target("best", "time to target (1 point of the best)",
-                     "the charged cost at which a method's recommended model first comes within 0.01 absolute "
-                     "(one accuracy point) of the best final value any method reached on that task and seed, for a "
-                     "metric to maximise, or within 1% relative of it for a metric to minimise (a loss)")
+                     "the charged cost at which a method's recommended model first comes within "
+                     f"{TARGET_ABSOLUTE:g} absolute (one accuracy point) of the best final value any method reached "
+                     "on that task and seed, for a metric to maximise, or within "
+                     f"{TARGET_RELATIVE:.0%} relative of it for a metric to minimise (a loss)")
 TARGET_GRID = Target("grid", "time to match the grid",
                      "the charged cost at which a method's recommended model first reaches the final value of the "
                      "task's grid search on the same seed (grid search's own time is when its recommendation first "
