@@ -21,17 +21,22 @@ import jinja2
 import numpy as np
 import pandas as pd
 
-from hpobench_elbo.report import stats
+from hpobench_elbo.errors import UserError
+from hpobench_elbo.report import profiles, stats
+from hpobench_elbo.report.claims import claims_table
 from hpobench_elbo.report.data import ReportData, read_report_data
+from hpobench_elbo.report.families import families
 from hpobench_elbo.report.figures import (Figure, anytime_figure, cd_figure, group_key, method_styles, rank_figure,
                                           trajectory_figures)
 from hpobench_elbo.report.pdf import write_pdf
 from hpobench_elbo.report.plots import display_unit
-from hpobench_elbo.report.summary import speedup_text, summary_rows
+from hpobench_elbo.report.summary import interval_text, speedup_text, summary_rows
+from hpobench_elbo.report.views import family_figures, profile_figure, regret_figure
 
 TEMPLATES = Path(__file__).with_name("templates")
 RULE_HEADING = "The budget rule, written once:"
 HEADLINE_TASKS = 3  # per-task comparisons with grid search named in one headline sentence
+TRIAL_TABLES = ("trials.csv", "trials.parquet")  # the trial table, written beside report.html
 
 
 @dataclass(frozen=True)
@@ -41,6 +46,11 @@ class Report:
     ``friedman`` has one (group, result) pair per group of tasks that ran the same methods
     (``stats.method_groups`` order: most blocks first); the CD diagram of the i-th (0-based) is
     ``figures[group_key("cd", i)]``: ``cd``, ``cd-2`` ... ``figures["ranks"]`` has one panel per group.
+    ``figures["page1"]`` is the performance profile of the page-1 target (``page1_target``: time to
+    match the grid where a task has grid search, else time to target), ``figures["profile"]`` that
+    of time to target and ``figures["regret"]`` the ECDF of normalised regret (``profiles``);
+    ``families`` the anytime small multiples, one figure per task. ``tables["claims"]`` is the seed
+    papers' claims (``claims.claims_table``).
     """
 
     data: ReportData
@@ -53,11 +63,27 @@ class Report:
     friedman: list[tuple[stats.MethodGroup, stats.FriedmanResult]]
     reference: str | None
     provenance: dict[str, Any]
+    families: tuple[Figure, ...] = ()
+    page1_target: str = "best"
+    report_seed: int = stats.REPORT_SEED
+
+
+def write_trial_tables(data: ReportData, out: Path) -> list[Path]:
+    """The trial table (``data.rows``: the columns of ``load_results``) as ``trials.csv`` and
+    ``trials.parquet`` in ``out``; parquet needs pyarrow (a one-line ``UserError`` without it)."""
+    csv, parquet = (out / name for name in TRIAL_TABLES)
+    data.rows.to_csv(csv, index=False)
+    try:
+        data.rows.to_parquet(parquet, index=False)
+    except ImportError as exc:
+        raise UserError(f"{parquet}: the Parquet trial table needs pyarrow: pip install pyarrow ({exc})") from None
+    return [csv, parquet]
 
 
 def write_html_report(results_dir: str | Path, out_dir: str | Path | None = None, html: bool = True,
                       pdf: bool = False, log_time: bool = False) -> list[Path]:
-    """Write ``report.html`` and/or ``report.pdf`` for ``results_dir`` into ``out_dir`` (default ``<dir>/report``).
+    """Write ``report.html`` and/or ``report.pdf`` for ``results_dir`` into ``out_dir`` (default
+    ``<dir>/report``), with the trial table beside them (``write_trial_tables``; the HTML links it).
 
     Raises ``UserError`` when no ledger is readable; damaged parts are listed in the report.
     Returns the paths written.
@@ -65,8 +91,8 @@ def write_html_report(results_dir: str | Path, out_dir: str | Path | None = None
     report = build_report(results_dir, log_time=log_time)
     out = Path(out_dir) if out_dir else Path(results_dir) / "report"
     out.mkdir(parents=True, exist_ok=True)
+    written = write_trial_tables(report.data, out)
     text = render_html(report)
-    written = []
     if html:
         path = out / "report.html"
         path.write_text(text, encoding="utf-8")
@@ -76,8 +102,9 @@ def write_html_report(results_dir: str | Path, out_dir: str | Path | None = None
     return written
 
 
-def build_report(results_dir: str | Path, log_time: bool = False) -> Report:
-    """Read the ledgers and compute every table and figure of the report."""
+def build_report(results_dir: str | Path, log_time: bool = False, report_seed: int = stats.REPORT_SEED) -> Report:
+    """Read the ledgers and compute every table and figure of the report (``report_seed`` seeds the
+    bootstrap intervals)."""
     data = read_report_data(results_dir)
     metrics = stats.task_metrics(data)
     traces = stats.all_traces(data)
@@ -89,19 +116,37 @@ def build_report(results_dir: str | Path, log_time: bool = False) -> Report:
     groups = stats.method_groups(finals)
     friedman = stats.grouped_friedman(finals, groups)
     rank_curves = stats.grouped_rank_curves(finals, traces, groups)
-    tables = stats.report_tables(data, finals, traces, references)
+    tables = stats.report_tables(data, finals, traces, references, report_seed)
     tables["summary"] = summary_rows(data, tables, references)
+    tables["claims"] = claims_table(data, finals, traces, references)
+    page1 = "grid" if references else "best"
     figures = {
         "anytime": anytime_figure(traces, data.cells, metrics, styles, log_time=log_time),
         "ranks": rank_figure(rank_curves, styles),
         **{group_key("cd", i): cd_figure(result, styles, group_key("cd", i), group.tasks if len(groups) > 1 else ())
            for i, (group, result) in enumerate(friedman)},
         "oracle": anytime_figure(traces, data.cells, metrics, styles, value="oracle", log_time=log_time),
+        "page1": profile_figure(group_profiles(finals, traces, groups, page1, references), styles,
+                                stats.TARGETS[page1], "page1"),
+        "profile": profile_figure(group_profiles(finals, traces, groups, "best", references), styles,
+                                  stats.TARGET_BEST),
+        "regret": regret_figure([(g, profiles.regret_ecdf(g.select(finals), traces)) for g in groups], styles,
+                                profiles.REGRET_TARGETS),
     }
+    labels = dict(zip(data.cells["method"], data.cells["method_name"]))
     return Report(data, question_text(data.cells), headline(rank_curves, tables["paired"], finals, references),
                   [*data.problems, *coverage_notes(data, finals)], figures,
                   trajectory_figures(data.trajectories, data.cells, styles), tables, friedman, reference,
-                  provenance(data))
+                  provenance(data),
+                  tuple(family_figures(traces, data.cells, metrics, styles, families(labels), log_time)), page1,
+                  report_seed)
+
+
+def group_profiles(finals: pd.DataFrame, traces: pd.DataFrame, groups: list[stats.MethodGroup], target: str,
+                   references: dict[str, str]) -> list[tuple[stats.MethodGroup, pd.DataFrame]]:
+    """``profiles.performance_profile`` of ``target``'s times, within each group of tasks."""
+    times = stats.cell_times_to_target(finals, traces, target, references)
+    return [(g, profiles.performance_profile(g.select(times))) for g in groups]
 
 
 # --- text -------------------------------------------------------------------------------------------
@@ -266,11 +311,13 @@ def render_html(report: Report) -> str:
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True,
                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     env.filters.update(fmt=fmt, signed=fmt_signed, svg_uri=svg_uri)
-    env.globals.update(speedup_text=speedup_text)
+    env.globals.update(speedup_text=speedup_text, interval_text=interval_text)
     tables = {name: frame.to_dict(orient="records") for name, frame in report.tables.items()}
     units = {task: display_unit(unit)[1] for task, unit in zip(report.data.cells["task"], report.data.cells["unit"])}
     groups = [(group, result, report.figures[group_key("cd", i)]) for i, (group, result) in enumerate(report.friedman)]
     return env.get_template("report.html.j2").render(
         r=report, tables=tables, units=units, groups=groups, alpha=stats.ALPHA,
         target_abs=stats.TARGET_ABSOLUTE, target_rel=stats.TARGET_RELATIVE, statuses=stats.STATUSES,
-        all_tasks=stats.ALL_TASKS)
+        all_tasks=stats.ALL_TASKS, targets=stats.TARGETS, trial_tables=TRIAL_TABLES,
+        resamples=stats.BOOTSTRAP_RESAMPLES, min_seeds=stats.BOOTSTRAP_MIN_SEEDS, level=stats.INTERVAL_LEVEL,
+        report_seed=report.report_seed)

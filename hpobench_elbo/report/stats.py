@@ -3,10 +3,19 @@
 Everything here is plain pandas/numpy/scipy on a ``ReportData``; figures and HTML only format
 these frames. Values are compared in their *oriented* form (higher is better: a loss is negated).
 
-Time-to-target is defined once, here (``target_value`` and ``time_to_target``): the charged
-cost at which a method's recommendation first comes within one accuracy point (0.01 absolute, for
-a metric to maximise) or 1% relative (for a metric to minimise, a loss) of the best final value
-any method reached on that task and seed.
+Time-to-target is defined once, here (``TARGETS``, ``cell_targets``, ``target_value`` and
+``time_to_target``): the charged cost at which a method's recommendation first reaches a target
+of its task and seed. Two targets: ``best``, within one accuracy point (0.01 absolute, for a metric
+to maximise) or 1% relative (for a metric to minimise, a loss) of the best final value any method
+reached on that task and seed; and ``grid``, the final value of the task's grid search on that
+seed itself ("time to match the grid", the question the seed papers answer).
+
+Intervals over seeds are defined once too (``seed_interval``): with at least
+``BOOTSTRAP_MIN_SEEDS`` seeds, the percentile bootstrap interval of the mean (``BOOTSTRAP_RESAMPLES``
+resamples of the seeds, the generator derived from the report's seed with ``Seeds.derive``),
+clipped to the metric's range (``metric_range``); with fewer, the minimum, median and maximum.
+Paired comparisons with the grid add a sign test and Holm's step-down correction across the
+methods of a task (``holm``).
 
 Ranks are compared only among methods that ran on the same tasks: ``method_groups`` groups the
 tasks by their exact set of methods, and the rank curves and the Friedman/Nemenyi tests are
@@ -17,6 +26,7 @@ methods there is one group and the numbers are those of ``mean_rank_curves`` and
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +34,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
+from hpobench_elbo.engine.seeds import Seeds
 from hpobench_elbo.report.data import ReportData
 from hpobench_elbo.report.plots import display_unit
 from hpobench_elbo.report.traces import STATUSES, TRACE_COLUMNS, cell_traces, held_forward
@@ -33,6 +44,36 @@ TARGET_RELATIVE = 0.01  # within 1% relative, for a metric to minimise (a loss)
 ALPHA = 0.05  # significance level of the Friedman and Nemenyi tests
 RANK_FRACTIONS = np.linspace(0.005, 1.0, 200)  # fractions of the budget at which ranks are read
 GRID_METHOD = "grid"  # the registry name of grid search, the reference of paired comparisons
+BOOTSTRAP_RESAMPLES = 2000  # resamples of the seeds in a bootstrap interval
+BOOTSTRAP_MIN_SEEDS = 5  # below this many seeds an interval is min-median-max, not a bootstrap
+INTERVAL_LEVEL = 0.95  # coverage of a bootstrap interval
+REPORT_SEED = 0  # the report's seed: every bootstrap generator derives from it
+METRIC_RANGES: dict[str, tuple[float, float]] = {  # the values a test metric can take (others: unbounded)
+    "accuracy": (0.0, 1.0), "error": (0.0, 1.0), "auroc": (0.0, 1.0), "mse": (0.0, np.inf),
+    "rmse": (0.0, np.inf), "mae": (0.0, np.inf),
+}
+
+
+@dataclass(frozen=True)
+class Target:
+    """A time-to-target definition: ``key`` (``best`` or ``grid``), a short ``label`` for table
+    headers and the ``definition`` every report and README prints under its tables."""
+
+    key: str
+    label: str
+    definition: str
+
+
+TARGET_BEST = Target("best", "time to target (1 point of the best)",
+                     "the charged cost at which a method's recommended model first comes within "
+                     f"{TARGET_ABSOLUTE:g} absolute (one accuracy point) of the best final value any method reached "
+                     "on that task and seed, for a metric to maximise, or within "
+                     f"{TARGET_RELATIVE:.0%} relative of it for a metric to minimise (a loss)")
+TARGET_GRID = Target("grid", "time to match the grid",
+                     "the charged cost at which a method's recommended model first reaches the final value of the "
+                     "task's grid search on the same seed (grid search's own time is when its recommendation first "
+                     "reached its final value); none on a task without grid search")
+TARGETS: dict[str, Target] = {t.key: t for t in (TARGET_BEST, TARGET_GRID)}
 
 
 # --- the one definition of time-to-target ---------------------------------------------------
@@ -98,33 +139,79 @@ def final_values(data: ReportData, traces: pd.DataFrame) -> pd.DataFrame:
     return out.sort_values(["task", "method", "seed"], ignore_index=True)
 
 
-def confidence_interval(values: np.ndarray, level: float = 0.95) -> tuple[float, float, float]:
-    """Mean and Student-t interval of the mean (NaN bounds with fewer than two values)."""
-    values = values[np.isfinite(values)]
-    if values.size == 0:
-        return np.nan, np.nan, np.nan
-    mean = float(values.mean())
-    if values.size < 2:
-        return mean, np.nan, np.nan
-    half = float(sps.t.ppf(0.5 + level / 2, values.size - 1) * values.std(ddof=1) / np.sqrt(values.size))
-    return mean, mean - half, mean + half
+def metric_range(metric: str) -> tuple[float, float]:
+    """The values test metric ``metric`` can take (``METRIC_RANGES``; unbounded when unknown)."""
+    return METRIC_RANGES.get(metric, (-np.inf, np.inf))
 
 
-def final_table(finals: pd.DataFrame) -> pd.DataFrame:
-    """Per task and method: final test metric at the budget, mean and 95% interval over seeds.
+@dataclass(frozen=True)
+class SeedInterval:
+    """An interval over seeds: ``kind`` is ``bootstrap`` (the percentile bootstrap interval of the
+    mean, ``BOOTSTRAP_RESAMPLES`` resamples, ``INTERVAL_LEVEL`` coverage), ``range`` (fewer than
+    ``BOOTSTRAP_MIN_SEEDS`` seeds: ``low`` the minimum, ``high`` the maximum) or ``none`` (no finite
+    value); ``mean`` and ``median`` of the finite values; ``n`` how many there were."""
 
+    kind: str
+    mean: float
+    median: float
+    low: float
+    high: float
+    n: int
+
+
+def interval_seed(report_seed: int, *names: str) -> int:
+    """The seed of one bootstrap generator: ``Seeds.derive`` of the report's seed and a stable
+    checksum of ``names`` (a task and method), so each interval repeats whatever else is reported."""
+    return Seeds.derive(report_seed, zlib.crc32("\x1f".join(names).encode("utf-8")))
+
+
+def bootstrap_interval(values: np.ndarray, seed: int, bounds: tuple[float, float] = (-np.inf, np.inf),
+                       resamples: int = BOOTSTRAP_RESAMPLES, level: float = INTERVAL_LEVEL) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of ``values`` (finite, at least one): ``resamples``
+    resamples with replacement drawn by ``numpy.random.default_rng(seed)`` as one ``resamples x n``
+    index matrix, the ``(1 - level) / 2`` and ``(1 + level) / 2`` percentiles (linear interpolation)
+    of their means, clipped to ``bounds``."""
+    values = np.asarray(values, dtype=float)
+    index = np.random.default_rng(seed).integers(0, values.size, size=(resamples, values.size))
+    means = values[index].mean(axis=1)
+    low, high = np.percentile(means, [50 * (1 - level), 50 * (1 + level)])
+    return float(np.clip(low, *bounds)), float(np.clip(high, *bounds))
+
+
+def seed_interval(values: np.ndarray, metric: str, seed: int) -> SeedInterval:
+    """The interval a report shows for ``values`` over seeds (NaN values, seeds with no model, are
+    left out): a bootstrap interval from ``BOOTSTRAP_MIN_SEEDS`` finite values on, else min-median-max."""
+    finite = np.asarray(values, dtype=float)
+    finite = finite[np.isfinite(finite)]
+    if finite.size == 0:
+        return SeedInterval("none", np.nan, np.nan, np.nan, np.nan, 0)
+    mean, median = float(finite.mean()), float(np.median(finite))
+    if finite.size < BOOTSTRAP_MIN_SEEDS:
+        return SeedInterval("range", mean, median, float(finite.min()), float(finite.max()), int(finite.size))
+    low, high = bootstrap_interval(finite, seed, metric_range(metric))
+    return SeedInterval("bootstrap", mean, median, low, high, int(finite.size))
+
+
+def final_table(finals: pd.DataFrame, report_seed: int = REPORT_SEED) -> pd.DataFrame:
+    """Per task and method: final test metric at the budget, mean, median and interval over seeds.
+
+    ``ci_low``/``ci_high`` are the bounds of ``seed_interval`` and ``interval`` its kind
+    (``bootstrap``, ``range`` for min-median-max below ``BOOTSTRAP_MIN_SEEDS`` seeds, ``none``);
+    each task and method draws its own generator (``interval_seed(report_seed, task, method)``).
     ``best`` marks, per task, the methods whose mean is the best (highest, or lowest for a metric
     to minimise; every tied method; none where no method has a model).
     """
     rows = []
     for (task, method), group in finals.groupby(["task", "method"], sort=True):
         values = group["final"].to_numpy(dtype=float)
-        mean, lo, hi = confidence_interval(values)
-        rows.append({"task": task, "method": method, "metric": group["metric"].iloc[0],
+        metric = group["metric"].iloc[0]
+        interval = seed_interval(values, metric, interval_seed(report_seed, str(task), str(method)))
+        rows.append({"task": task, "method": method, "metric": metric,
                      "direction": group["direction"].iloc[0], "seeds": len(group),
-                     "with_model": int(np.isfinite(values).sum()), "mean": mean, "ci_low": lo, "ci_high": hi})
+                     "with_model": int(np.isfinite(values).sum()), "mean": interval.mean, "median": interval.median,
+                     "ci_low": interval.low, "ci_high": interval.high, "interval": interval.kind})
     table = pd.DataFrame.from_records(rows, columns=["task", "method", "metric", "direction", "seeds", "with_model",
-                                                     "mean", "ci_low", "ci_high"])
+                                                     "mean", "median", "ci_low", "ci_high", "interval"])
     oriented = with_oriented(table, "mean")["oriented"]
     table["best"] = np.isfinite(oriented) & (oriented == oriented.groupby(table["task"]).transform("max"))
     return table
@@ -154,11 +241,27 @@ def _reference_values(table: pd.DataFrame, references: dict[str, str], column: s
     return table[_is_reference(table, references)].set_index(["task", "seed"])[column]
 
 
-def cell_times_to_target(finals: pd.DataFrame, traces: pd.DataFrame) -> pd.DataFrame:
-    """Per cell: the target of its (task, seed) and the charged cost at which it was first reached."""
+def cell_targets(finals: pd.DataFrame, target: str = "best", references: dict[str, str] | None = None) -> np.ndarray:
+    """The value each cell of ``finals`` must reach, in the metric's own units, for target ``target``
+    (a key of ``TARGETS``): ``best``, ``target_value`` of the best final on its (task, seed);
+    ``grid``, the final value of its task's grid cell on that seed (``references`` from
+    ``grid_references``; NaN where the task has no grid or the grid has no model)."""
     out = with_oriented(finals)
-    best = out.groupby(["task", "seed"])["oriented"].transform("max")
-    out["target"] = [target_value(b if d == "max" else -b, d) for b, d in zip(best, out["direction"])]
+    if target == "best":
+        best = out.groupby(["task", "seed"])["oriented"].transform("max")
+        return np.array([target_value(b if d == "max" else -b, d) for b, d in zip(best, out["direction"])], float)
+    if target == "grid":
+        grid = _reference_values(out, references or {}, "final") if len(out) else pd.Series(dtype=float)
+        return np.array([grid.get((t, s), np.nan) for t, s in zip(out["task"], out["seed"])], dtype=float)
+    raise ValueError(f"unknown target {target!r}; known: {', '.join(TARGETS)}")
+
+
+def cell_times_to_target(finals: pd.DataFrame, traces: pd.DataFrame, target: str = "best",
+                         references: dict[str, str] | None = None) -> pd.DataFrame:
+    """Per cell: the target of its (task, seed) (``cell_targets``) and the charged cost at which it
+    was first reached (``time_to_target``; NaN: never, or no target)."""
+    out = with_oriented(finals)
+    out["target"] = cell_targets(finals, target, references)
     by_cell = {cid: group.sort_values("cost") for cid, group in traces.groupby("cell_id")} if len(traces) else {}
     times = []
     for cell_id, target, direction in zip(out["cell_id"], out["target"], out["direction"]):
@@ -252,13 +355,15 @@ def status_table(data: ReportData) -> pd.DataFrame:
 
 
 def report_tables(data: ReportData, finals: pd.DataFrame, traces: pd.DataFrame,
-                  references: dict[str, str]) -> dict[str, pd.DataFrame]:
-    """The report's tables of raw numbers: ``final``, ``time_to_target``, ``status`` and ``paired``
-    (``finals`` from ``final_values``, ``traces`` from ``all_traces``, ``references`` from
-    ``grid_references``); the HTML report and the README summary both read them from here."""
+                  references: dict[str, str], report_seed: int = REPORT_SEED) -> dict[str, pd.DataFrame]:
+    """The report's tables of raw numbers: ``final``, ``time_to_target`` (target ``best``),
+    ``time_to_grid`` (target ``grid``), ``status`` and ``paired`` (``finals`` from ``final_values``,
+    ``traces`` from ``all_traces``, ``references`` from ``grid_references``, ``report_seed`` seeds
+    the bootstrap intervals); the HTML report and the README summary both read them from here."""
     return {
-        "final": final_table(finals),
+        "final": final_table(finals, report_seed),
         "time_to_target": time_to_target_table(cell_times_to_target(finals, traces), references),
+        "time_to_grid": time_to_target_table(cell_times_to_target(finals, traces, "grid", references), references),
         "status": status_table(data),
         "paired": paired_against_grid(finals, references),
     }
@@ -454,7 +559,7 @@ def paired_against_grid(finals: pd.DataFrame, references: dict[str, str]) -> pd.
     that pools their pairs (the usual across-data-sets test; its differences mix the tasks' scales).
     """
     columns = ["task", "method", "reference", "metric", "pairs", "wins", "ties", "losses", "median_difference",
-               "p_value"]
+               "p_value", "sign_p", "p_holm"]
     if not references:
         return pd.DataFrame(columns=columns)
     table = with_oriented(finals)
@@ -467,14 +572,45 @@ def paired_against_grid(finals: pd.DataFrame, references: dict[str, str]) -> pd.
         return {"task": task, "method": method, "reference": " / ".join(sorted({references[t] for t in group["task"]})),
                 "metric": metric, "pairs": int(diffs.size), "wins": int((diffs > 0).sum()),
                 "ties": int((diffs == 0).sum()), "losses": int((diffs < 0).sum()),
-                "median_difference": float(np.median(diffs)) if diffs.size else np.nan, "p_value": wilcoxon_p(diffs)}
+                "median_difference": float(np.median(diffs)) if diffs.size else np.nan, "p_value": wilcoxon_p(diffs),
+                "sign_p": sign_test_p(int((diffs > 0).sum()), int((diffs < 0).sum()))}
 
     rows = [row(task, method, metric, group)
             for (task, method, metric), group in methods.groupby(["task", "method", "metric"], sort=True)]
     rows += [row(ALL_TASKS, method, metric, group)
              for (method, metric), group in methods.groupby(["method", "metric"], sort=True)
              if group["task"].nunique() > 1]
-    return pd.DataFrame.from_records(rows, columns=columns)
+    table = pd.DataFrame.from_records(rows, columns=columns)
+    # Holm across the methods of each task (the pooled rows form one family of their own)
+    table["p_holm"] = table.groupby("task", sort=False)["p_value"].transform(lambda p: holm(p.to_numpy(float)))
+    return table
+
+
+def holm(p_values: np.ndarray) -> np.ndarray:
+    """Holm's step-down adjusted p-values (family-wise error control) of one family of tests; NaN
+    entries (undefined tests) are left NaN and do not count in the family's size.
+
+    With the m defined p-values sorted, p_(1) <= ... <= p_(m), the adjusted value of the i-th is
+    max over j <= i of min(1, (m - j + 1) p_(j)); a test is rejected at level alpha when its
+    adjusted value is below alpha.
+    """
+    p_values = np.asarray(p_values, dtype=float)
+    out = np.full(p_values.shape, np.nan)
+    defined = np.flatnonzero(np.isfinite(p_values))
+    m = defined.size
+    if m == 0:
+        return out
+    order = defined[np.argsort(p_values[defined], kind="stable")]
+    scaled = np.minimum(1.0, (m - np.arange(m)) * p_values[order])
+    out[order] = np.maximum.accumulate(scaled)
+    return out
+
+
+def sign_test_p(wins: int, losses: int) -> float:
+    """Two-sided exact sign test of ``wins`` against ``losses`` (ties left out); NaN with neither."""
+    if wins + losses == 0:
+        return np.nan
+    return float(sps.binomtest(wins, wins + losses, 0.5).pvalue)
 
 
 def wilcoxon_p(diffs: np.ndarray) -> float:
