@@ -28,7 +28,11 @@ import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import gpytorch
+import warnings
+
+with warnings.catch_warnings():  # linear_operator calls the deprecated torch.jit.script at import time
+    warnings.simplefilter("ignore", DeprecationWarning)
+    import gpytorch
 import torch
 from torch import nn
 
