@@ -133,11 +133,13 @@ def test_smoke_suite_covers_every_registered_method(capsys: pytest.CaptureFixtur
 def test_report_writes_html_by_default_and_pdf_on_request(small_run: tuple[Path, Path], tmp_path: Path,
                                                           capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["report", str(small_run[1]), "--out", str(tmp_path / "a")]) == 0
-    assert [Path(p).name for p in capsys.readouterr().out.split()] == ["report.html"]
+    # the trial table is written beside the HTML (CSV and Parquet, linked from it)
+    assert sorted(Path(p).name for p in capsys.readouterr().out.split()) == ["report.html", "trials.csv",
+                                                                             "trials.parquet"]
     assert cli.main(["report", str(small_run[1]), "--html", "--pdf", "--out", str(tmp_path / "b")]) == 0
     written = [Path(p) for p in capsys.readouterr().out.split()]
-    assert sorted(p.name for p in written) == ["report.html", "report.pdf"]
-    assert written[-1].read_bytes()[:5] == b"%PDF-" or written[0].read_bytes()[:5] == b"%PDF-"
+    assert sorted(p.name for p in written) == ["report.html", "report.pdf", "trials.csv", "trials.parquet"]
+    assert next(p for p in written if p.suffix == ".pdf").read_bytes()[:5] == b"%PDF-"
 
 
 def test_reuse_takes_finished_cells_of_another_directory_and_reruns_the_rest(
