@@ -209,6 +209,17 @@ SYNTHETIC = {**SMALL_SUITE, "name": "disk", "seeds": [0], "budget": 40.0, "metho
 """One cell whose stage cache fills a 96 KiB filesystem after about three trials."""
 
 
+@pytest.fixture(scope="module")
+def synthetic_reference(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(suite file, results) of one uninterrupted run of SYNTHETIC (in process), shared read-only."""
+    from hpobench_elbo import api
+
+    root = tmp_path_factory.mktemp("synthetic")
+    suite = write_suite(root / "s.yaml", SYNTHETIC)
+    api.run(suite, out=root / "reference", device="cpu", progress=False)
+    return suite, root / "reference"
+
+
 def documented(out: Path) -> dict[str, list[dict[str, Any]]]:
     from hpobench_elbo.engine.ledger import documented_fields
 
@@ -225,15 +236,14 @@ def mount_tmpfs(where: Path, size: str) -> str | None:
     return None if proc.returncode == 0 else f"mount failed: {proc.stderr.strip() or proc.returncode}"
 
 
-def test_a_real_full_disk_stops_the_run_and_resume_gives_the_uninterrupted_result(tmp_path: Path) -> None:
+def test_a_real_full_disk_stops_the_run_and_resume_gives_the_uninterrupted_result(
+        synthetic_reference: tuple[Path, Path], tmp_path: Path) -> None:
     """Issue 21 item 1 through a real small filesystem (a 96 KiB tmpfs as the results directory, not
     an injected error): the cache write that finds the disk full stops the run with exit 3 and
     records nothing it did not finish (no ``failed`` trial); the directory copied to a disk with
     space and resumed equals an uninterrupted run. Without the right to mount (not root) it skips,
     except under CI=true, where it fails; test_an_injected_enospc_... covers the same code path."""
-    suite = write_suite(tmp_path / "s.yaml", SYNTHETIC)
-    reference = tmp_path / "reference"
-    assert run_cli(["run", str(suite), "--out", str(reference), "--quiet"]).returncode == 0
+    suite, reference = synthetic_reference
     small = tmp_path / "small-disk"
     why = mount_tmpfs(small, "96k")
     if why is not None:
@@ -261,13 +271,12 @@ def test_a_real_full_disk_stops_the_run_and_resume_gives_the_uninterrupted_resul
     assert documented(copy) == documented(reference)
 
 
-def test_an_injected_enospc_in_a_cache_write_stops_the_run_and_records_nothing(tmp_path: Path) -> None:
+def test_an_injected_enospc_in_a_cache_write_stops_the_run_and_records_nothing(synthetic_reference: tuple[Path, Path],
+                                                                               tmp_path: Path) -> None:
     """The same path without a small filesystem: ENOSPC injected at the second stage-cache write
     (``engine/faults.py``, ``cache-write:2:ENOSPC``). Before issue 21 the trial was recorded as
     ``failed`` and resume kept it."""
-    suite = write_suite(tmp_path / "s.yaml", SYNTHETIC)
-    reference = tmp_path / "reference"
-    assert run_cli(["run", str(suite), "--out", str(reference), "--quiet"]).returncode == 0
+    suite, reference = synthetic_reference
     out = tmp_path / "out"
     env = {"HPOBENCH_ELBO_FAULT": "cache-write:2:ENOSPC", "HPOBENCH_ELBO_FAULT_PATH": str(out / "cache")}
     failed = run_cli(["run", str(suite), "--out", str(out), "--quiet"], env=env)
