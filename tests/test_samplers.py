@@ -87,7 +87,7 @@ def suite_with(tmp_path: Path, method: dict[str, Any]) -> Path:
     ({"name": "optuna", "options": {"sampler": "TPESampler", "sampler_options": {"n_startup": 3}}},
      "TPESampler has no option 'n_startup'; its options: "),
     ({"name": "cmaes", "options": {"sigma": 0.1}}, "CmaEsSampler has no option 'sigma'"),
-    ({"name": "qmc", "options": {"seed": 3}}, "option 'seed' is set from the cell's seed"),
+    ({"name": "qmc", "options": {"seed": 3}}, "argument 'seed'"),
     ({"name": "qmc", "options": {"qmc_type": "lattice"}}, "QMCSampler(qmc_type='lattice', scramble=True) refused"),
     ({"name": "gp-bo", "options": {"independent_sampler": "random"}}, "takes a Python object"),
 ])
