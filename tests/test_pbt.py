@@ -178,8 +178,8 @@ def test_pbt_options_and_applicability_are_checked_at_load(tmp_path: Path) -> No
 
 KILL_SUITE: dict[str, Any] = {
     "name": "pbt-kill", "clock": "counting", "clock_options": {"per_example": 0.001, "per_event": 0.001},
-    "budget": 40, "refit": True, "threads": 1, "seeds": [0],
-    "tasks": [{"name": "digits-mlp", "scale": "smoke", "options": {"steps": 60}}],
+    "budget": 160, "refit": True, "threads": 1, "seeds": [0],
+    "tasks": [{"name": "digits-mlp", "scale": "smoke", "options": {"steps": 240}}],
     "methods": [{"name": "pbt", "options": {"population": 4, "max_trials": 3, "interval": 10, "val_batches": 2}}],
 }
 
@@ -196,12 +196,12 @@ def kill_during_a_trial(suite: Path, out: Path, log: Path) -> tuple[int, int] | 
             rows, finished = snapshot(out) if out.exists() else (0, 0)
             started = sum(exec_counts(log, strict=False).values()) if log.exists() else 0
             if rows >= 1 and finished == 0 and started > rows:
-                time.sleep(0.2)  # well inside the population's training
-                if snapshot(out)[0] == rows:
-                    proc.send_signal(signal.SIGKILL)
-                    proc.wait()
-                    return snapshot(out)
-            time.sleep(0.005)
+                # the exec log names a trial the ledger has not finished: it is in flight now (a
+                # population of 4 x 240 steps takes far longer than this poll's 2 ms)
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
+                return snapshot(out)
+            time.sleep(0.002)
         return None
     finally:
         if proc.poll() is None:
@@ -231,8 +231,8 @@ def test_sigkill_during_a_population_resumes_to_the_uninterrupted_ledgers(tmp_pa
     assert stable(got[cell_id]) == stable(records)
     runs = exec_counts(log)
     assert sorted(runs.values()) == [1, 1, 2] and runs[(cell_id, rows_at_kill)] == 2  # only the one in flight
-    # every member's steps were charged: 4 members x 60 steps of 32 examples, plus one event each
-    assert trials[0]["cost"]["train"] == pytest.approx(4 * 60 * (32 * 0.001 + 0.001))
+    # every member's steps were charged: 4 members x 240 steps of 32 examples, plus one event each
+    assert trials[0]["cost"]["train"] == pytest.approx(4 * 240 * (32 * 0.001 + 0.001))
     assert len(trials[0]["tuner"]["options"]["population"]) == 4
     assert records[0]["data_use"] == "validation minibatches" and records[0]["validation"] == "hypergradient"
     # the report draws one trajectory line per member
