@@ -504,3 +504,54 @@ def test_cache_access_keeps_old_cell_ids_at_its_default_and_is_part_of_the_defin
     assert {c.cell_id for c in cells[2:]} == {c.cell_id for c in paper.cells()}
     with pytest.raises(SuiteError, match="cache_access"):
         suite_from_mapping({**raw, "cache_access": "eeipu-only"})
+
+
+def test_the_report_shows_each_cache_condition_as_its_own_task_with_the_cache_open_or_closed(tmp_path: Path) -> None:
+    """One suite holding both conditions of synthetic-pipeline: the report keeps them apart (the
+    paper's condition under ``TASK [cache: memoization-aware]``), its data-use table says for whom
+    the stage cache was open, and ``load_results`` keeps the registry name beside the label."""
+    from hpobench_elbo.report.html import build_report, render_html
+    from hpobench_elbo.report.traces import load_results
+
+    raw = yaml.safe_load(_condition_suite(tmp_path, None).read_text())
+    raw["tasks"] = [{"name": "synthetic-pipeline", "scale": "smoke"},
+                    {"name": "synthetic-pipeline", "scale": "smoke", "cache_access": "memoization-aware"}]
+    suite = tmp_path / "both.yaml"
+    suite.write_text(yaml.safe_dump(raw, sort_keys=False))
+    out = tmp_path / "both"
+    api.run(suite, out=out, device="cpu", progress=False)
+    paper = "synthetic-pipeline [cache: memoization-aware]"
+    frame = load_results(out)
+    assert set(frame["task"]) == {"synthetic-pipeline", paper}
+    assert set(frame["task_name"]) == {"synthetic-pipeline"}
+    assert set(zip(frame["task"], frame["cache_access"])) == {("synthetic-pipeline", "all"), (paper, "memoization-aware")}
+    report = build_report(out)
+    status = report.tables["status"].set_index(["task", "method"])["stage_cache"].to_dict()
+    assert status == {("synthetic-pipeline", "eeipu"): "open", ("synthetic-pipeline", "grid"): "open",
+                      (paper, "eeipu"): "open", (paper, "grid"): "closed"}
+    # the paper condition's grid paid every stage; the default's read its cached stages
+    hits = frame.groupby(["task", "method"])["cache_hits"].sum()
+    assert hits[(paper, "grid")] == 0 and hits[("synthetic-pipeline", "grid")] > 0
+    html = render_html(report)
+    table = html[html.index('id="table-data-use"'):]
+    table = table[:table.index("</table>")]
+    assert "synthetic-pipeline [cache: memoization-aware]" in table and table.count(">closed<") == 1
+
+
+def test_task_labels_keep_task_entries_with_their_own_options_apart() -> None:
+    """Two entries of one task that differ by a task option (two UCI data sets) or by the cache
+    condition are labelled apart; an entry with neither keeps the bare task name (the reference's
+    labels are unchanged)."""
+    from hpobench_elbo.report.traces import task_label
+
+    def header(options: dict, access: str | None = None) -> dict:
+        h = {"cell": {"task": "uci-regression", "task_options": options}}
+        if access is not None:
+            h["stage_cache"] = {"access": access, "open": False, "memoization_aware": False}
+        return h
+
+    assert task_label(header({})) == "uci-regression"
+    assert task_label(header({}, "all")) == "uci-regression"
+    assert task_label(header({"dataset": "concrete"})) == "uci-regression [dataset=concrete]"
+    assert task_label(header({"n": 100, "dataset": "boston"}, "memoization-aware")) == \
+        "uci-regression [dataset=boston; n=100; cache: memoization-aware]"

@@ -16,7 +16,7 @@ import pandas as pd
 
 from hpobench_elbo.engine.ledger import LedgerContents, read_ledger
 from hpobench_elbo.errors import LedgerError, UserError
-from hpobench_elbo.report.traces import ledger_paths, ledger_records
+from hpobench_elbo.report.traces import cache_access, ledger_paths, ledger_records, task_label
 
 if TYPE_CHECKING:
     from hpobench_elbo.suite import Suite
@@ -117,7 +117,9 @@ def cell_record(contents: LedgerContents) -> dict[str, Any]:
     cell = h["cell"]
     spent = end.get("spent", contents.rows[-1]["spent"] if contents.rows else 0.0)
     return {
-        "cell_id": h["cell_id"], "suite": h["suite"], "task": cell["task"], "scale": cell["scale"],
+        "cell_id": h["cell_id"], "suite": h["suite"], "task": task_label(h), "task_name": cell["task"],
+        "cache_access": cache_access(h),
+        "stage_cache": "open" if (h.get("stage_cache") or {}).get("open", True) else "closed", "scale": cell["scale"],
         "method": cell.get("label") or cell["method"], "method_name": cell["method"], "seed": cell["seed"],
         "budget": float(cell["budget"]), "unit": h["unit"], "metric": h.get("metric") or "accuracy",
         "direction": h.get("direction", "max"), "n_rows": len(contents.rows), "spent": float(spent or 0.0),

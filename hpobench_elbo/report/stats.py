@@ -327,7 +327,8 @@ def derived_data_use(rows: pd.DataFrame) -> str:
 
 def status_table(data: ReportData) -> pd.DataFrame:
     """Per task and method: trials by status, refits (and how many the refit guard rejected: the
-    selected trial's model stayed deployed), cache hits, cost saved, overshoot, data use and
+    selected trial's model stayed deployed), cache hits, cost saved, overshoot, data use, whether the
+    stage cache was open to the method (``stage_cache``: open / closed, from the ledger header) and
     the highest 1-minute machine load recorded while its cells ran (NaN where none was)."""
     out = []
     for (task, method), cells in data.cells.groupby(["task", "method"], sort=True):
@@ -348,6 +349,7 @@ def status_table(data: ReportData) -> pd.DataFrame:
             "charged": float(cells["spent"].sum()) * scale,
             "data_use": "; ".join(header_use) if header_use else derived_data_use(rows),
             "data_use_source": "ledger header" if header_use else "trial rows",
+            "stage_cache": ", ".join(sorted(set(cells["stage_cache"]))) if "stage_cache" in cells else "open",
             "end": ", ".join(sorted(set(cells["end_reason"]))),
             "load_max": float(cells["load_max"].max()) if cells["load_max"].notna().any() else np.nan,
         })

@@ -32,7 +32,9 @@ def ledger_paths(path: str | Path) -> list[Path]:
 def load_results(path: str | Path) -> pd.DataFrame:
     """One row per recorded trial of every ledger under ``path`` (a results dir or one ``.jsonl``).
 
-    Columns: ``suite``, ``cell_id``, ``task``, ``scale``, ``method`` (the suite label),
+    Columns: ``suite``, ``cell_id``, ``task`` (the task's label: its registry name, with its
+    task options and a stage-cache condition other than ``all`` appended, see ``task_label``), ``task_name`` (the
+    registry name), ``cache_access`` (``all`` or ``memoization-aware``), ``scale``, ``method`` (the suite label),
     ``method_name`` (the registry name), ``seed``, ``budget``, ``unit`` (the clock's unit),
     ``device``, ``metric`` and ``direction`` (the task's test metric), ``trial_id``, ``kind``
     (trial/refit), ``status`` (ok/cut/pruned/diverged/failed), ``data`` (split/all), ``tuner``,
@@ -53,12 +55,32 @@ def load_results(path: str | Path) -> pd.DataFrame:
     return pd.DataFrame.from_records(records)
 
 
+def cache_access(header: dict[str, Any]) -> str:
+    """The cell's stage-cache condition (``stage_cache.access`` of the header; ``all`` when absent)."""
+    return str((header.get("stage_cache") or {}).get("access", "all"))
+
+
+def task_label(header: dict[str, Any]) -> str:
+    """How reports name a cell's task: its registry name, followed by what sets this task entry apart
+    from another entry of the same task in one suite, each task option the suite gave it and its
+    stage-cache condition when not the default, in brackets (``uci-regression [dataset=concrete]``,
+    ``image-pipeline [cache: memoization-aware]``), so that cells of different entries are compared
+    within their entry, never pooled as if they were more seeds of one task."""
+    cell = header["cell"]
+    parts = [f"{key}={value}" for key, value in sorted((cell.get("task_options") or {}).items())]
+    access = cache_access(header)
+    if access != "all":
+        parts.append(f"cache: {access}")
+    return f"{cell['task']} [{'; '.join(parts)}]" if parts else str(cell["task"])
+
+
 def ledger_records(contents: LedgerContents) -> list[dict[str, Any]]:
     """The flat records of one ledger's trial rows (the columns of ``load_results``)."""
     h = contents.header
     cell = h["cell"]
     common = {
-        "suite": h["suite"], "cell_id": h["cell_id"], "task": cell["task"], "scale": cell["scale"],
+        "suite": h["suite"], "cell_id": h["cell_id"], "task": task_label(h), "task_name": cell["task"],
+        "cache_access": cache_access(h), "scale": cell["scale"],
         "method": cell.get("label") or cell["method"], "method_name": cell["method"], "seed": cell["seed"],
         "budget": cell["budget"], "unit": h["unit"], "device": h["device"],
         "metric": h.get("metric"), "direction": h.get("direction", "max"),
