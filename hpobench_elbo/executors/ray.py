@@ -45,6 +45,12 @@ from hpobench_elbo.executors.worker import RemoteLedger, run_cell_here, where_he
 
 INSTALL_HINT = "pip install 'hpobench-elbo[ray]' (or: pip install -c constraints-cpu.txt 'ray[tune]==2.60.*')"
 LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+FORWARDED_ENV = ("HPOBENCH_ELBO_EXEC_LOG", "HPOBENCH_ELBO_WORKER_FAULT", "HPOBENCH_ELBO_FAULT", "HPOBENCH_ELBO_FAULT_PATH")
+"""The driver's measurement and fault-injection variables (``engine.loop.EXEC_LOG_ENV``,
+``executors.worker.WORKER_FAULT_ENV``, ``engine.faults``) that every cell task sets where it runs,
+so that they reach the workers of an existing cluster, whose processes the driver did not start
+(a local Ray's workers inherit them anyway). A path in them names a file on the node that runs the
+cell: on one machine the same file for every node."""
 LOCAL_HEAD_ENV = {"RAY_AUTH_MODE": "disabled"}
 
 
@@ -94,12 +100,19 @@ def connect(address: str | None, runtime_env: Mapping[str, Any] | None = None, n
 
 
 # -- where the cell runs ----------------------------------------------------------------------------
+def forwarded_env() -> dict[str, str]:
+    """The ``FORWARDED_ENV`` variables set in this (the driver's) process."""
+    return {key: os.environ[key] for key in FORWARDED_ENV if key in os.environ}
+
+
 def _cell_stream(cell: Cell, ctx: RunContext, rows: list[dict[str, Any]], end: dict[str, Any] | None,
-                 cache_root: str | None, cache_enabled: bool, threads: int) -> Any:
+                 cache_root: str | None, cache_enabled: bool, threads: int, env: Mapping[str, str]) -> Any:
     """The Ray task (a streaming generator): ``("open", header)``, ``("append", row, kind)`` per
-    row, then ``("done", summary)`` or ``("error", exception, traceback)``."""
+    row, then ``("done", summary)`` or ``("error", exception, traceback)``. ``env``: the driver's
+    ``forwarded_env()``, set in this worker process first."""
     import ray
 
+    os.environ.update(env)
     node_id = ray.get_runtime_context().get_node_id()
     where = where_here("ray", node_id=node_id, node_ip=ray.util.get_node_ip_address())
     if cache_root is None:  # per node
@@ -187,7 +200,7 @@ class RayRun:
                                      num_cpus=cpus, num_gpus=self.num_gpus,
                                      name=f"cell:{cell.label or cell.method}/s{cell.seed}")
         cache_root = self.cache_dir if self.cache_dir is not None else self.shared_cache
-        generator = remote.remote(cell, self.ctx, rows, end, cache_root, self.cache_enabled, threads)
+        generator = remote.remote(cell, self.ctx, rows, end, cache_root, self.cache_enabled, threads, forwarded_env())
         self.driver.start(cell_id)
         self.live[generator] = cell_id
 
