@@ -132,8 +132,9 @@ def per_cell(results: Path) -> pd.DataFrame:
         extra.append(learned(results / f"{row.cell_id}.jsonl"))
     finals["grid_final"] = [grid.get((t, s), np.nan) for t, s in zip(finals["task"], finals["seed"])]
     finals["time_to_grid"] = times
-    for key in ("lengthscale", "lengthscales", "noise", "nll"):
-        finals[key] = [e.get(key) for e in extra]
+    for key in ("lengthscale", "noise", "nll"):
+        finals[key] = [float(e.get(key, np.nan)) for e in extra]
+    finals["lengthscales"] = [e.get("lengthscales") for e in extra]
     ml = finals[finals["method_name"] == "gp-ml"].set_index(["task", "seed"])["lengthscales"]
     corr = []
     for row in finals.itertuples():
