@@ -2,9 +2,9 @@
 the CLI as its driver: the SIGKILL of one node's raylet mid-trial loses nothing (issue 21 item 6).
 
 The head (no CPUs) and two worker nodes (one CPU each) are three ``ray start --block`` processes on
-loopback: the head with ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` (so it advertises 127.0.0.1), the
-worker nodes with it set to 1 (``ray start --address`` refuses to join otherwise) and an explicit
-``--node-ip-address=127.0.0.1``. The driver is ``hpobench-elbo run --executor ray --address``: its
+loopback, each on its own loopback address (``HEAD_IP``, ``NODE_IPS``; the recipe of docs/ray.md):
+the head with ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``, the worker nodes with it set to 1
+(``ray start --address`` refuses to join otherwise). The driver is ``hpobench-elbo run --executor ray --address``: its
 ``HPOBENCH_ELBO_EXEC_LOG`` and ``HPOBENCH_ELBO_WORKER_FAULT`` reach the workers, which the driver did
 not start, only through ``executors.ray.FORWARDED_ENV``. Ray is optional: without it this test
 skips, except under ``CI=true``, where it fails.
@@ -35,8 +35,11 @@ else:
     RAY_MISSING = None
 
 RAY_CLI = Path(sys.executable).with_name("ray")
-NODE_FLAGS = ["--node-ip-address=127.0.0.1", "--include-dashboard=false", "--disable-usage-stats",
-              "--object-store-memory=80000000", "--block"]
+NODE_FLAGS = ["--disable-usage-stats", "--object-store-memory=80000000", "--block"]
+HEAD_IP, NODE_IPS = "127.0.0.2", ("127.0.0.3", "127.0.0.4")
+"""One loopback address per node: Ray replaces 127.0.0.1 (and localhost) in ``ray start --address``
+and ``--node-ip-address`` by the machine's outward address, where nothing answers here; any other
+127.x address is taken as it is, and Linux routes all of 127/8 to loopback."""
 
 
 def free_port() -> int:
@@ -94,13 +97,15 @@ def test_killing_a_real_second_nodes_raylet_mid_trial_loses_nothing(small_run, t
     out, log, marker = tmp_path / "out", tmp_path / "exec.log", tmp_path / "stalled"
     killed: list[tuple[int, str]] = []
     try:
-        procs.append(start(["--head", f"--port={port}", "--num-cpus=0", f"--system-config={health}"], head_env,
+        procs.append(start(["--head", f"--node-ip-address={HEAD_IP}", f"--port={port}", "--num-cpus=0",
+                            "--include-dashboard=false",
+                            f"--system-config={health}"], head_env,
                            tmp_path / "head.log"))
         wait_started(procs[0], tmp_path / "head.log")
-        for i in range(2):
-            procs.append(start([f"--address=127.0.0.1:{port}", "--num-cpus=1"], node_env, tmp_path / f"node{i}.log"))
-        for i in range(2):
-            wait_started(procs[1 + i], tmp_path / f"node{i}.log")
+        for i in range(2):  # one after the other: two raylets starting at once can pick the same port
+            procs.append(start([f"--address={HEAD_IP}:{port}", f"--node-ip-address={NODE_IPS[i]}", "--num-cpus=1"],
+                               node_env, tmp_path / f"node{i}.log"))
+            wait_started(procs[-1], tmp_path / f"node{i}.log")
 
         def kill_the_raylet() -> None:  # once a cell stalls mid-trial, SIGKILL the raylet of its node
             deadline = time.monotonic() + 90
@@ -118,7 +123,7 @@ def test_killing_a_real_second_nodes_raylet_mid_trial_loses_nothing(small_run, t
         driver_env = {**base, "PYTHONPATH": str(REPO), "HPOBENCH_ELBO_EXEC_LOG": str(log),
                       "HPOBENCH_ELBO_WORKER_FAULT": json.dumps(fault)}
         driver = subprocess.run([sys.executable, "-m", "hpobench_elbo.cli", "run", str(suite), "--out", str(out),
-                                 "--executor", "ray", "--address", f"127.0.0.1:{port}", "--quiet"],
+                                 "--executor", "ray", "--address", f"{HEAD_IP}:{port}", "--quiet"],
                                 env=driver_env, capture_output=True, text=True, timeout=180)
         killer.join(timeout=5)
     finally:
