@@ -160,11 +160,11 @@ def reuse_finished(cells: Sequence[Cell], out_dir: Path, source: str | Path) -> 
 
 
 def execute(p: Plan, device: str = "auto", force: bool = False, progress: bool = True,
-            reuse: str | Path | None = None) -> list[CellSummary]:
+            reuse: str | Path | Sequence[str | Path] | None = None) -> list[CellSummary]:
     """Run the planned cells with the suite's executor (``local``, with ``jobs`` cells at once, or
     ``ray``), holding the results directory's writer lock: this process alone writes the ledgers.
-    ``reuse``: a results directory whose finished runs of planned cells are taken, not rerun
-    (``reuse_finished``)."""
+    ``reuse``: a results directory, or several (searched in order), whose finished runs of planned
+    cells are taken, not rerun (``reuse_finished``)."""
     suite = p.suite
     # on Ray each worker resolves ``auto`` where it runs; locally the driver checks the device now
     resolved = device if suite.executor == "ray" else resolve_device(device)
@@ -172,10 +172,11 @@ def execute(p: Plan, device: str = "auto", force: bool = False, progress: bool =
     try:
         with ResultsLock(p.out_dir):
             _store_suite(p, force)
-            if reuse is not None:
-                taken = reuse_finished(p.cells, p.out_dir, reuse)
+            sources = [] if reuse is None else [reuse] if isinstance(reuse, (str, Path)) else list(reuse)
+            for source in sources:
+                taken = reuse_finished(p.cells, p.out_dir, source)
                 if taken and progress:
-                    print(f"hpobench-elbo: {len(taken)} finished cell(s) taken from {reuse}", file=sys.stderr)
+                    print(f"hpobench-elbo: {len(taken)} finished cell(s) taken from {source}", file=sys.stderr)
             if suite.executor == "ray":
                 from hpobench_elbo.executors.ray import run_ray
 
@@ -195,7 +196,7 @@ def execute(p: Plan, device: str = "auto", force: bool = False, progress: bool =
 
 def run(suite_path: str | Path, out: str | Path | None = None, device: str = "auto", overrides: Sequence[str] = (),
         only: str | None = None, force: bool = False, progress: bool = True,
-        reuse: str | Path | None = None) -> list[CellSummary]:
+        reuse: str | Path | Sequence[str | Path] | None = None) -> list[CellSummary]:
     """Run a suite file (cells already finished in ``out`` are kept; interrupted ones resume;
     finished runs of its cells in the results directory ``reuse`` are taken, not rerun)."""
     return execute(plan(suite_path, out, overrides, only), device, force, progress, reuse)

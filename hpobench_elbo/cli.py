@@ -52,8 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="override a suite key, e.g. --set budget=30 --set tasks.0.scale=cpu")
     run.add_argument("--only", help="run a subset: task=...,method=...,seed=... (';' between alternatives: "
                                     "'task=a;task=b,seed=0')")
-    run.add_argument("--reuse", metavar="DIR", help="take finished runs of this suite's cells from another "
-                                                    "results directory instead of rerunning them")
+    run.add_argument("--reuse", metavar="DIR", action="append",
+                     help="take finished runs of this suite's cells from another results directory instead of "
+                          "rerunning them (repeat for several, searched in order)")
     run.add_argument("--dry-run", action="store_true", help="list the cells with their budgets; run nothing")
     run.add_argument("--force", action="store_true", help="continue even if the suite changed")
     run.add_argument("--quiet", action="store_true", help="no progress bar")

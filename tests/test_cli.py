@@ -164,3 +164,20 @@ def test_reuse_takes_finished_cells_of_another_directory_and_reruns_the_rest(
     assert [(r["config"], r["score"]) for r in rerun.rows] == [(r["config"], r["score"]) for r in original.rows]
     assert unfinished.read_text() == "".join(lines[:-2])  # the source is not changed
     assert cli.main(["run", str(suite), "--out", str(tmp_path / "x"), "--reuse", str(tmp_path / "none")]) == 2
+
+
+def test_reuse_searches_several_directories_in_order(small_run: tuple[Path, Path], tmp_path: Path) -> None:
+    """``--reuse A --reuse B``: each finished cell is taken from the first directory that holds it."""
+    _, source = small_run
+    suite = write_suite(tmp_path / "renamed.yaml", {**SMALL_SUITE, "name": "renamed"})
+    cells = api.plan(suite, tmp_path / "results").cells
+    first, second = tmp_path / "a", tmp_path / "b"
+    first.mkdir()
+    shutil.copytree(source, second)
+    shutil.copyfile(source / f"{cells[0].cell_id}.jsonl", first / f"{cells[0].cell_id}.jsonl")
+    out = tmp_path / "results"
+    taken_before = {c.cell_id: (source / f"{c.cell_id}.jsonl").read_text() for c in cells}
+    assert cli.main(["run", str(suite), "--out", str(out), "--quiet", "--reuse", str(first),
+                     "--reuse", str(second)]) == 0
+    for cell in cells:  # every cell taken, none rerun
+        assert (out / f"{cell.cell_id}.jsonl").read_text() == taken_before[cell.cell_id]
