@@ -125,10 +125,10 @@ def mount_small_disk(where: Path, kib: int) -> str | None:
     """Mount a real tmpfs of ``kib`` KiB at ``where``; None, or why it cannot be mounted here."""
     where.mkdir(parents=True, exist_ok=True)
     if os.geteuid() != 0:
-        return "not root"
+        return "not root: cannot mount a tmpfs"
     proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={kib}k", "tmpfs", str(where)],
                           capture_output=True, text=True)
-    return None if proc.returncode == 0 else (proc.stderr.strip() or f"mount exit {proc.returncode}")
+    return None if proc.returncode == 0 else f"mount failed: {proc.stderr.strip() or proc.returncode}"
 
 
 def disk_full_runs(suite: Path, root: Path, reference: dict[str, list[dict[str, Any]]], kib: int) -> list[dict[str, Any]]:

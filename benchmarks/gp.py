@@ -42,7 +42,7 @@ import yaml
 from hpobench_elbo import api
 from hpobench_elbo.engine.ledger import LedgerError, read_ledger
 from hpobench_elbo.report.data import read_report_data
-from hpobench_elbo.report.stats import all_traces, final_values, time_to_target
+from hpobench_elbo.report.stats import all_traces, cell_times_to_target, final_values, grid_references
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "reports" / "gp-cpu"
@@ -127,32 +127,27 @@ def learned(path: Path) -> dict[str, Any]:
 
 
 def per_cell(results: Path) -> pd.DataFrame:
+    """One row per finished cell: final test RMSE, its seed's grid final and the time to it
+    (``report.stats.cell_times_to_target``, target ``grid``), and the deployed model's kernel."""
     data = read_report_data(results)
     traces = all_traces(data)
     finals = final_values(data, traces)
     ended = data.cells.set_index("cell_id")["end_reason"]
-    finals = finals[finals["cell_id"].map(ended).fillna("not finished") != "not finished"].copy()
-    grid = finals[finals["method_name"] == "grid"].set_index(["task", "seed"])["final"]
-    times, extra = [], []
-    for row in finals.itertuples():
-        target = grid.get((row.task, row.seed), np.nan)
-        trace = traces[traces["cell_id"] == row.cell_id].sort_values("cost")
-        times.append(time_to_target(trace["cost"].to_numpy(float), trace["recommended"].to_numpy(float),
-                                    float(target), row.direction) if np.isfinite(target) and len(trace) else np.nan)
-        extra.append(learned(results / f"{row.cell_id}.jsonl"))
-    finals["grid_final"] = [grid.get((t, s), np.nan) for t, s in zip(finals["task"], finals["seed"])]
-    finals["time_to_grid"] = times
+    finals = finals[finals["cell_id"].map(ended).fillna("not finished") != "not finished"]
+    cells = cell_times_to_target(finals, traces, "grid", grid_references(data.cells))
+    cells = cells.rename(columns={"target": "grid_final", "time_to_target": "time_to_grid"})
+    extra = [learned(results / f"{cell_id}.jsonl") for cell_id in cells["cell_id"]]
     for key in ("lengthscale", "noise", "nll"):
-        finals[key] = [float(e.get(key, np.nan)) for e in extra]
-    finals["lengthscales"] = [e.get("lengthscales") for e in extra]
-    ml = finals[finals["method_name"] == "gp-ml"].set_index(["task", "seed"])["lengthscales"]
+        cells[key] = [float(e.get(key, np.nan)) for e in extra]
+    cells["lengthscales"] = [e.get("lengthscales") for e in extra]
+    ml = cells[cells["method_name"] == REFERENCE].set_index(["task", "seed"])["lengthscales"]
     corr = []
-    for row in finals.itertuples():
+    for row in cells.itertuples():
         mine, ref = row.lengthscales, ml.get((row.task, row.seed))
         ok = mine is not None and ref is not None and len(mine) == len(ref) and len(mine) > 1
         corr.append(float(np.corrcoef(np.log(mine), np.log(ref))[0, 1]) if ok else np.nan)
-    finals["log_ls_corr_ml"] = corr
-    return finals
+    cells["log_ls_corr_ml"] = corr
+    return cells
 
 
 def summary(cells: pd.DataFrame) -> pd.DataFrame:
@@ -188,10 +183,8 @@ def main() -> None:
     parser.add_argument("--force", action="store_true", help="continue a results directory of an earlier design")
     args = parser.parse_args()
     started = time.perf_counter()
-    per_dataset = budgets(args.out, args.device, run=not args.no_run and not (args.out / "grid-budget").exists())
+    per_dataset = budgets(args.out, args.device, run=not args.no_run)  # a finished budget run is kept, not rerun
     if not args.no_run:
-        if set(per_dataset) != set(DATASETS):
-            per_dataset = budgets(args.out, args.device, run=True)
         run_design(args.out, per_dataset, args.seeds, args.device, args.force)
     cells = per_cell(args.out / "results")
     pd.set_option("display.width", 240)

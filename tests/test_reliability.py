@@ -226,14 +226,15 @@ def documented(out: Path) -> dict[str, list[dict[str, Any]]]:
     return {cell: [documented_fields(r) for r in rows] for cell, rows in ledgers(out).items()}
 
 
-def mount_tmpfs(where: Path, size: str) -> str | None:
-    """Mount a real tmpfs of ``size`` at ``where``; None, or why it cannot be mounted here."""
-    where.mkdir(parents=True, exist_ok=True)
-    if os.geteuid() != 0:
-        return "not root: cannot mount a tmpfs"
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
-                          capture_output=True, text=True)
-    return None if proc.returncode == 0 else f"mount failed: {proc.stderr.strip() or proc.returncode}"
+def mount_tmpfs(where: Path, kib: int) -> str | None:
+    """``benchmarks/faults.py``'s ``mount_small_disk``: None, or why no tmpfs can be mounted here."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("faults_bench", REPO / "benchmarks" / "faults.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.mount_small_disk(where, kib)
 
 
 def test_a_real_full_disk_stops_the_run_and_resume_gives_the_uninterrupted_result(
@@ -245,7 +246,7 @@ def test_a_real_full_disk_stops_the_run_and_resume_gives_the_uninterrupted_resul
     except under CI=true, where it fails; test_an_injected_enospc_... covers the same code path."""
     suite, reference = synthetic_reference
     small = tmp_path / "small-disk"
-    why = mount_tmpfs(small, "96k")
+    why = mount_tmpfs(small, 96)
     if why is not None:
         if os.environ.get("CI") == "true":
             pytest.fail(f"CI=true and {why}", pytrace=False)

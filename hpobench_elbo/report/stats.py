@@ -349,7 +349,7 @@ def status_table(data: ReportData) -> pd.DataFrame:
             "charged": float(cells["spent"].sum()) * scale,
             "data_use": "; ".join(header_use) if header_use else derived_data_use(rows),
             "data_use_source": "ledger header" if header_use else "trial rows",
-            "stage_cache": ", ".join(sorted(set(cells["stage_cache"]))) if "stage_cache" in cells else "open",
+            "stage_cache": ", ".join(sorted(set(cells["stage_cache"]))),
             "end": ", ".join(sorted(set(cells["end_reason"]))),
             "load_max": float(cells["load_max"].max()) if cells["load_max"].notna().any() else np.nan,
         })
