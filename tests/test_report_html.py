@@ -473,3 +473,32 @@ def test_ledgers_not_in_the_stored_suite_are_left_out_and_named(report_run: Path
     report = build_report(results)
     assert any("stale.smoke--grid--s0--x.jsonl: left out" in note for note in report.notes)
     assert len(report.tables["status"]) == len(build_report(report_run).tables["status"])
+
+
+def test_pdf_keeps_every_word_on_the_page_with_long_task_labels(report_run: Path, tmp_path: Path) -> None:
+    """A task entry with its own options gets a long label ("digits-mlp [batch_size=16; ...]"); the
+    tables wrap it instead of running off the page, and the page-1 figure stays on page 1."""
+    pdftotext = require_tool("pdftotext")
+    results = copy_run(report_run, tmp_path)
+    (results / "suite.yaml").unlink()  # the rewritten headers are no longer the stored suite's cells
+    options = {"batch_size": 16, "max_tokens": 32, "n": 500, "subset": "first-half-of-the-training-data"}
+    for path in results.glob("*.jsonl"):
+        lines = path.read_text().splitlines()
+        header = json.loads(lines[0])
+        header["cell"]["task_options"] = options
+        path.write_text("\n".join([json.dumps(header), *lines[1:]]) + "\n")
+    pdf = next(p for p in write_html_report(results, tmp_path / "out", html=True, pdf=True) if p.suffix == ".pdf")
+    boxes = subprocess.run([pdftotext, "-bbox", str(pdf), "-"], check=True, capture_output=True, text=True,
+                           timeout=60).stdout
+    pages = re.findall(r'<page width="([\d.]+)" height="[\d.]+">(.*?)</page>', boxes, flags=re.S)
+    assert pages
+    label_pages = 0
+    for width, body in pages:
+        words = re.findall(r'xMin="([\d.]+)" yMin="[\d.]+" xMax="([\d.]+)" yMax="[\d.]+">([^<]*)</word>', body)
+        overflowing = [w for x0, x1, w in words if float(x1) > float(width) - 20]  # 12 mm margins: 34 pt
+        assert not overflowing, f"words beyond the right margin: {overflowing[:5]}"
+        label_pages += "max_tokens=32;" in body
+    assert label_pages > 1  # the long label is in the tables
+    page1 = subprocess.run([pdftotext, "-f", "1", "-l", "1", str(pdf), "-"], check=True, capture_output=True,
+                           text=True, timeout=60).stdout
+    assert "Performance profiles" in page1  # the page-1 figure's caption

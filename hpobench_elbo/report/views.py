@@ -29,8 +29,8 @@ from hpobench_elbo.report.traces import aggregate  # noqa: E402
 REFERENCE_WIDTH = 1.0  # line width of the grid/random references in a family panel (methods: 1.6)
 
 
-def _title(group: MethodGroup, several: bool) -> str:
-    return "\n".join(textwrap.wrap(group.label, 45 if several else 60))
+def _title(group: MethodGroup, several: bool, width: int = 45) -> str:
+    return "\n".join(textwrap.wrap(group.label, width if several else 60))
 
 
 def profile_figure(profiles: list[tuple[MethodGroup, pd.DataFrame]], styles: dict[str, dict[str, Any]],
@@ -41,7 +41,8 @@ def profile_figure(profiles: list[tuple[MethodGroup, pd.DataFrame]], styles: dic
     data: dict[str, dict[str, Series]] = {}
     several = len(profiles) > 1
     with plt.rc_context(STYLE):
-        fig, axes = panel_grid(max(len(profiles), 1), row_height=2.3)
+        # three panels a row from five groups on, so that the page-1 profile stays short enough for page 1
+        fig, axes = panel_grid(max(len(profiles), 1), ncols=3 if len(profiles) > 4 else 2, row_height=2.3)
         for i, (ax, (group, curves)) in enumerate(zip(axes, profiles)):
             panel = data.setdefault(key if i == 0 else f"{key}-{i + 1}", {})
             for method, part in curves.groupby("method", sort=True):
@@ -50,9 +51,9 @@ def profile_figure(profiles: list[tuple[MethodGroup, pd.DataFrame]], styles: dic
                 panel[method] = series(part["tau"], part["rho"])
             ax.set_xscale("log")
             ax.set_ylim(-0.03, 1.03)
-            ax.set_title(_title(group, several))
-            ax.set_xlabel("tau: time to target / fastest method's (log scale)")
-            ax.set_ylabel("fraction of task x seed problems")
+            ax.set_title(_title(group, several, 30 if len(profiles) > 4 else 45))
+            ax.set_xlabel("tau = time / fastest time (log)")
+            ax.set_ylabel("fraction of problems")
         shared_legend(fig, styles if not profiles else
                       {m: styles[m] for m in sorted({m for _, c in profiles for m in c["method"]})})
         svg = to_svg(fig)
