@@ -9,17 +9,21 @@
     hpobench-elbo list
 
 Exit codes: 0 done; 2 bad input or another writer; 3 environment failure (disk full, read-only,
-permissions); 4 a cell ended ``failing`` or ran out of attempts; 130 interrupted; when several
-apply, the highest wins. Every error is one line on stderr.
+permissions); 4 a cell ended ``failing`` or ran out of attempts; 130 interrupted (Ctrl-C, or
+SIGTERM, which stops a run as Ctrl-C does); when several apply, the highest wins. Every error is one
+line on stderr.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
+import threading
 import warnings
 from pathlib import Path
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from hpobench_elbo import api
 from hpobench_elbo.errors import (
@@ -118,8 +122,34 @@ def _print_summaries(summaries: Sequence[api.CellSummary]) -> int:
     return code
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM stops the command as Ctrl-C does (exit 130, finished trials kept, ``resume``
+    continues): ``kill PID``, ``timeout`` and batch schedulers send SIGTERM, and a background job
+    started by a non-interactive shell ignores SIGINT, so SIGTERM is how a script stops a run. Only
+    the main thread can set a handler; elsewhere (a caller's thread) nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    with _sigterm_as_interrupt():
+        return _command(args)
+
+
+def _command(args: argparse.Namespace) -> int:
+    """Run the parsed command; map its errors to one line and an exit code."""
     try:
         if args.command == "run":
             plan = api.plan(args.suite, args.out, [*args.overrides, *_spread_overrides(args)], args.only)

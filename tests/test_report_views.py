@@ -216,6 +216,7 @@ def test_anytime_small_multiples_put_grid_and_random_in_every_family_panel() -> 
     assert method_family("de-elbo") == "elbo" and method_family("implicit") == "implicit"
     assert method_family("tpe") == "search" and method_family("eeipu") == "bo"
     assert method_family("no-such-method") == "unknown"
+    assert method_family("gp-ml") == "gp-ml"  # the folder gp_ml, named as the method is
     labels = {"grid": "grid", "random": "random", "de-elbo": "de-elbo", "implicit": "implicit", "lorraine": "lorraine"}
     cells = pd.DataFrame({"task": "t", "method": list(labels), "method_name": list(labels.values()),
                           "unit": "cost units"})

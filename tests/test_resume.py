@@ -1,4 +1,4 @@
-"""The kill test: SIGKILL a run mid-suite, resume it, and get exactly the uninterrupted results."""
+"""The kill test: SIGKILL (or SIGTERM) a run mid-suite, resume it, and get exactly the uninterrupted results."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from golden_ledgers import UNDOCUMENTED
 
@@ -63,24 +65,26 @@ def stable(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{k: v for k, v in r.items() if k not in VOLATILE} for r in records]
 
 
-def start_and_kill(suite: Path, out: Path, log: Path) -> tuple[int, int] | None:
-    """Start the run; SIGKILL it once trial rows exist, a cell is unfinished and a trial is running.
+def start_and_kill(suite: Path, out: Path, log: Path, stop: signal.Signals = signal.SIGKILL
+                   ) -> tuple[int, int, int, str] | None:
+    """Start the run; send it ``stop`` once trial rows exist, a cell is unfinished and a trial is running.
 
-    Returns (rows, finished cells) at the kill, or None if the run ended first.
+    Returns (rows, finished cells, exit status, stderr) after it stopped, or None if the run ended first.
     """
     env = {**os.environ, EXEC_LOG_ENV: str(log),
            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     proc = subprocess.Popen([sys.executable, "-m", "hpobench_elbo.cli", "run", str(suite), "--out", str(out),
-                             "--quiet"], env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                             "--quiet"], env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
     try:
         deadline = time.monotonic() + 240
         while proc.poll() is None and time.monotonic() < deadline:
             rows, finished = snapshot(out) if out.exists() else (0, 0)
             started = sum(exec_counts(log, strict=False).values()) if log.exists() else 0
             if rows >= 3 and finished < N_CELLS and started > rows:  # aim for a trial in flight
-                proc.send_signal(signal.SIGKILL)
-                proc.wait()
-                return snapshot(out)
+                proc.send_signal(stop)
+                _, stderr = proc.communicate(timeout=60)
+                return (*snapshot(out), proc.returncode, stderr)
             time.sleep(0.005)
         return None
     finally:
@@ -89,18 +93,25 @@ def start_and_kill(suite: Path, out: Path, log: Path) -> tuple[int, int] | None:
             proc.wait()
 
 
-def test_sigkill_then_resume_equals_the_uninterrupted_run(tmp_path: Path) -> None:
+@pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGTERM], ids=["sigkill", "sigterm"])
+def test_kill_then_resume_equals_the_uninterrupted_run(tmp_path: Path, stop: signal.Signals) -> None:
     for attempt, steps in enumerate((40, 160, 640)):  # slower trials if the run outpaced the kill
         root = tmp_path / f"attempt{attempt}"
         suite = write_suite(root / "killme.yaml", kill_suite(steps))
         killed_out, killed_log = root / "killed", root / "killed-exec.log"
-        at_kill = start_and_kill(suite, killed_out, killed_log)
+        at_kill = start_and_kill(suite, killed_out, killed_log, stop)
         if at_kill is not None:
             break
     else:
         raise AssertionError("the run always finished before it could be killed")
-    rows_at_kill, finished_at_kill = at_kill
+    rows_at_kill, finished_at_kill, status, stderr = at_kill
     assert rows_at_kill >= 1 and finished_at_kill < N_CELLS
+    if stop == signal.SIGTERM:  # stopped as Ctrl-C stops it: exit 130 and one line saying how to go on
+        assert status == 130, stderr
+        assert stderr.strip().splitlines()[-1].startswith("hpobench-elbo: interrupted; every finished trial")
+        assert f"hpobench-elbo resume {killed_out}" in stderr
+    else:
+        assert status == -signal.SIGKILL
 
     resumed = run_cli(["resume", str(killed_out), "--quiet"], env={EXEC_LOG_ENV: str(killed_log)})
     assert resumed.returncode == 0, resumed.stderr

@@ -1,6 +1,6 @@
 """Method families for the report's small multiples, from where each method is registered.
 
-A family is a folder of ``hpobench_elbo.methods`` (``elbo``, ``implicit``, ``bo``, ...: the layout
+A family is a folder of ``hpobench_elbo.methods`` (``elbo``, ``implicit``, ``bo``, ``gp-ml`` for ``gp_ml``, ...: the layout
 rule "a family is one folder"); a method in a single file of that package (grid, random, tpe,
 the successive-halving methods, ...) belongs to ``search``; one from outside the package (an entry
 point or ``module:Name``) to ``plug-in``, and one the registry cannot find to ``unknown``. Grid
@@ -27,7 +27,7 @@ def method_family(name: str) -> str:
     if not module.startswith(PACKAGE):
         return "plug-in"
     parts = module[len(PACKAGE):].split(".")
-    return parts[0] if len(parts) > 1 else SEARCH_FAMILY
+    return parts[0].replace("_", "-") if len(parts) > 1 else SEARCH_FAMILY  # gp_ml/ reads as gp-ml
 
 
 def families(method_names: dict[str, str]) -> dict[str, str]:
