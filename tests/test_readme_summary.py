@@ -15,7 +15,7 @@ from hpobench_elbo.report import stats
 from hpobench_elbo.report.data import read_report_data
 from hpobench_elbo.report.summary import END, START, readme_block, summary_frame, summary_markdown, write_summary
 
-REFERENCE = "reports/reference-cpu"
+REFERENCE = "reports/reference-v2-cpu/run"
 
 
 def test_the_readme_table_is_the_one_the_reference_ledgers_give() -> None:
