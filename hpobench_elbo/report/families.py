@@ -1,8 +1,8 @@
 """Method families for the report's small multiples, from where each method is registered.
 
-A family is a folder of ``hpobench_elbo.methods`` (``elbo``, ``implicit``, ``bo``, ``gp-ml`` for ``gp_ml``, ...: the layout
-rule "a family is one folder"); a method in a single file of that package (grid, random, tpe,
-the successive-halving methods, ...) belongs to ``search``; one from outside the package (an entry
+A family is a folder of ``hpobench_elbo.methods`` (``elbo``, ``implicit``, ``bo``, ``gp-ml`` for
+``gp_ml``, ...: the layout rule "a family is one folder"); a method in a single file of that package
+(grid, random, tpe, the successive-halving methods, ...) belongs to ``search``; one from outside the package (an entry
 point or ``module:Name``) to ``plug-in``, and one the registry cannot find to ``unknown``. Grid
 and random search are the references drawn in every family's panel (``REFERENCE_METHODS``).
 """

@@ -42,7 +42,8 @@ def profile_figure(profiles: list[tuple[MethodGroup, pd.DataFrame]], styles: dic
     several = len(profiles) > 1
     with plt.rc_context(STYLE):
         # three panels a row from five groups on, so that the page-1 profile stays short enough for page 1
-        fig, axes = panel_grid(max(len(profiles), 1), ncols=3 if len(profiles) > 4 else 2, row_height=2.3)
+        ncols = 3 if len(profiles) > 4 else 2
+        fig, axes = panel_grid(max(len(profiles), 1), ncols=ncols, row_height=2.3)
         for i, (ax, (group, curves)) in enumerate(zip(axes, profiles)):
             panel = data.setdefault(key if i == 0 else f"{key}-{i + 1}", {})
             for method, part in curves.groupby("method", sort=True):
@@ -51,7 +52,7 @@ def profile_figure(profiles: list[tuple[MethodGroup, pd.DataFrame]], styles: dic
                 panel[method] = series(part["tau"], part["rho"])
             ax.set_xscale("log")
             ax.set_ylim(-0.03, 1.03)
-            ax.set_title(_title(group, several, 30 if len(profiles) > 4 else 45))
+            ax.set_title(_title(group, several, 30 if ncols == 3 else 45))
             ax.set_xlabel("tau = time / fastest time (log)")
             ax.set_ylabel("fraction of problems")
         shared_legend(fig, styles if not profiles else
