@@ -90,12 +90,14 @@ def run_trial(task: Any, spec: Any, meter: Any, cache: Any, seeds: Any) -> Any:
 
 @pytest.fixture(scope="session")
 def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One run of ``suites/smoke.yaml`` per test session (in process, counting clock), shared read-only."""
-    from hpobench_elbo import api
+    """One run of ``suites/smoke.yaml`` per test session (counting clock), shared read-only.
 
-    out = tmp_path_factory.mktemp("smoke_run") / "results"
-    api.run(REPO / "suites" / "smoke.yaml", out=out, device="cpu", progress=False)
-    return out
+    Made as the golden ledgers are: the CLI in a fresh process under portable numerics
+    (``golden_ledgers.run_smoke_suite``), so its ledgers do not depend on the processor.
+    """
+    from golden_ledgers import run_smoke_suite
+
+    return run_smoke_suite(tmp_path_factory.mktemp("smoke_run") / "results")
 
 
 def exec_counts(log: Path) -> Counter[tuple[str, int]]:

@@ -1,26 +1,74 @@
 """Golden ledgers: the smoke suite's ledgers under the counting clock, documented fields only.
 
-``python tests/golden_ledgers.py RESULTS_DIR`` rewrites ``tests/golden/smoke.json`` from a finished
-run of ``suites/smoke.yaml``; ``test_golden.py`` compares a fresh run against it. Whenever a change
-alters results on purpose, the golden file changes in the same commit and the message says why.
+``python tests/golden_ledgers.py`` runs ``suites/smoke.yaml`` under portable numerics (below) and
+rewrites ``tests/golden/smoke.json``; ``test_golden.py`` compares a fresh run, made the same way,
+against it. Whenever a change alters results on purpose, the golden file changes in the same commit
+and the message says why.
+
+Portable numerics: the libraries pick kernels by processor (torch's ATen kernels by SIMD width,
+MKL's BLAS/LAPACK and OpenBLAS by CPU model, numpy's ufuncs by instruction set), and kernels of
+different width round differently. A Gaussian-process fit or an acquisition maximised by L-BFGS
+turns a last-bit difference into another suggested configuration, so without pinning the smoke
+ledgers of every GP-driven method differ between an AVX2 and an AVX-512 machine. The run is made in
+a fresh process whose environment fixes each library to its baseline code path before it loads
+(``portable_numerics_env``); one thread, as the suite says. This holds on x86-64; elsewhere only
+the torch and numpy pins apply.
 
 Left out (not results): timestamps, package versions, git SHA, the machine's load and the device
-name; floats are compared to a relative tolerance of 1e-6 (CPU kernels may round differently on
-another processor).
+name; floats are compared to a relative tolerance of 1e-6.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
+import platform
+import subprocess
 import sys
+import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from hpobench_elbo.engine.ledger import UNDOCUMENTED_FIELDS as UNDOCUMENTED
 from hpobench_elbo.engine.ledger import documented_fields as documented
 
-GOLDEN = Path(__file__).resolve().parent / "golden" / "smoke.json"
+REPO = Path(__file__).resolve().parents[1]
+GOLDEN = REPO / "tests" / "golden" / "smoke.json"
+SMOKE_SUITE = REPO / "suites" / "smoke.yaml"
+
+
+def portable_numerics_env(base: Mapping[str, str]) -> dict[str, str]:
+    """``base`` plus the variables that put each numerical library on its processor-independent path.
+
+    Read by the libraries when they load, so they only act on a new process. torch: ATen's
+    non-SIMD kernels (``ATEN_CPU_CAPABILITY``); MKL (torch's BLAS/LAPACK): conditional numerical
+    reproducibility, compatible mode (``MKL_CBWR``); oneDNN: its SSE4.1 kernels; numpy: its
+    baseline kernels (every dispatched instruction-set group disabled); OpenBLAS (numpy's and
+    scipy's): the Nehalem kernels, on x86-64 only.
+    """
+    try:
+        from numpy._core._multiarray_umath import __cpu_dispatch__ as numpy_dispatched
+    except ImportError:  # numpy 1.x
+        from numpy.core._multiarray_umath import __cpu_dispatch__ as numpy_dispatched
+    env = {**base, "ATEN_CPU_CAPABILITY": "default", "MKL_CBWR": "COMPATIBLE", "ONEDNN_MAX_CPU_ISA": "SSE41",
+           "NPY_DISABLE_CPU_FEATURES": " ".join(numpy_dispatched)}
+    if platform.machine().lower() in {"x86_64", "amd64"}:
+        env["OPENBLAS_CORETYPE"] = "Nehalem"
+    return env
+
+
+def run_smoke_suite(out: Path, timeout: float = 600) -> Path:
+    """Run ``suites/smoke.yaml`` into ``out`` with the CLI in a fresh process under portable numerics."""
+    env = portable_numerics_env(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    command = [sys.executable, "-m", "hpobench_elbo.cli", "run", str(SMOKE_SUITE), "--out", str(out),
+               "--device", "cpu", "--jobs", "2", "--quiet"]  # counting clock: cells at once change nothing
+    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)
+    if done.returncode != 0:
+        raise RuntimeError(f"the smoke suite exited {done.returncode}: {done.stderr[-2000:]}")
+    return out
 
 
 def normalised_ledgers(results_dir: Path) -> dict[str, list[dict[str, Any]]]:
@@ -55,6 +103,8 @@ def differences(expected: Any, actual: Any, where: str = "", rel: float = 1e-6) 
 
 
 if __name__ == "__main__":
-    GOLDEN.parent.mkdir(parents=True, exist_ok=True)
-    GOLDEN.write_text(json.dumps(normalised_ledgers(Path(sys.argv[1])), indent=1, sort_keys=True) + "\n")
+    with tempfile.TemporaryDirectory() as scratch:
+        results = run_smoke_suite(Path(scratch) / "results")
+        GOLDEN.parent.mkdir(parents=True, exist_ok=True)
+        GOLDEN.write_text(json.dumps(normalised_ledgers(results), indent=1, sort_keys=True) + "\n")
     print(f"wrote {GOLDEN}")

@@ -1,16 +1,19 @@
 """The smoke suite's ledgers equal the committed golden ledgers on every documented field.
 
 A change that alters results on purpose updates ``tests/golden/smoke.json`` in the same commit
-(``python tests/golden_ledgers.py RESULTS_DIR`` after ``hpobench-elbo run suites/smoke.yaml --out
-RESULTS_DIR``) and says why in its message.
+(``python tests/golden_ledgers.py``) and says why in its message. Both runs are made under portable
+numerics (see ``golden_ledgers``), so the comparison does not depend on the processor.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
-from golden_ledgers import GOLDEN, differences, normalised_ledgers
+from golden_ledgers import GOLDEN, differences, normalised_ledgers, portable_numerics_env
 
 
 def test_smoke_ledgers_equal_the_golden_ledgers(smoke_run: Path) -> None:
@@ -26,3 +29,13 @@ def test_the_comparison_can_fail(smoke_run: Path) -> None:
     changed = json.loads(json.dumps(actual))
     changed[cell][1]["spent"] = changed[cell][1]["spent"] * (1 + 1e-4)
     assert differences(actual, changed)
+
+
+def test_portable_numerics_put_torch_and_numpy_on_their_baseline_kernels() -> None:
+    probe = ("import torch\n"
+             "try:\n from numpy._core._multiarray_umath import __cpu_features__ as f, __cpu_dispatch__ as d\n"
+             "except ImportError:\n from numpy.core._multiarray_umath import __cpu_features__ as f, __cpu_dispatch__ as d\n"
+             "print(torch.backends.cpu.get_cpu_capability(), sorted(x for x in d if f.get(x)))")
+    portable = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120,
+                              env=portable_numerics_env(os.environ), check=True).stdout.split(maxsplit=1)
+    assert portable == ["DEFAULT", "[]\n"]
