@@ -18,8 +18,9 @@ from hpobench_elbo.report.claims import claims_table
 from hpobench_elbo.report.data import read_report_data
 from hpobench_elbo.report.families import method_family
 from hpobench_elbo.report.figures import method_styles
+from hpobench_elbo.report.html import group_profiles
 from hpobench_elbo.report.summary import summary_rows
-from hpobench_elbo.report.views import family_figures
+from hpobench_elbo.report.views import family_figures, profile_figure
 
 # --- hand-made ledgers -------------------------------------------------------------------------------
 
@@ -192,6 +193,23 @@ def test_performance_profile_on_a_hand_made_table() -> None:
     taus = profiles.profile_taus(ratios.to_numpy(float))
     assert taus[0] == 1.0 and taus[-1] >= 10.0 and np.all(np.diff(taus) > 0)
 
+
+
+def test_a_group_without_a_grid_gets_no_grid_target_panel_and_the_caption_says_why(two_targets: Path) -> None:
+    write_cell(two_targets, "cached", "tpe", 0, latest([(5, 0.70), (10, 0.80)]))  # no grid ran on "cached"
+    write_cell(two_targets, "cached", "ei", 0, latest([(10, 0.75)]))
+    _, finals, traces, references = report_inputs(two_targets)
+    groups = stats.method_groups(finals)
+    assert sorted(g.label for g in groups) == ["cached", "t"]
+    styles = method_styles(["ei", "grid", "tpe"])
+    to_grid = dict((g.label, p) for g, p in group_profiles(finals, traces, groups, "grid", references))
+    assert to_grid["cached"].empty and set(to_grid["t"]["problems"]) == {2}  # t's two seeds
+    figure = profile_figure(group_profiles(finals, traces, groups, "grid", references), styles, stats.TARGET_GRID,
+                            "page1")
+    assert list(figure.data) == ["page1"] and set(figure.data["page1"]) == {"grid", "tpe"}
+    assert "No panel for cached: the target is undefined (no grid ran there)." in figure.caption
+    best = profile_figure(group_profiles(finals, traces, groups, "best", references), styles, stats.TARGET_BEST)
+    assert len(best.data) == 2 and "No panel" not in best.caption  # the best target is defined everywhere
 
 def test_regret_ecdf_on_a_hand_made_table() -> None:
     finals = pd.DataFrame({"cell_id": ["a0", "b0"], "task": "t", "method": ["a", "b"], "seed": 0, "budget": 10.0,

@@ -95,6 +95,11 @@ def to_svg(fig: plt.Figure) -> str:
     return PATH_DATA.sub(lambda m: 'd="' + DECIMALS.sub(r"\1", m.group(1)) + '"', text[text.index("<svg"):])
 
 
+def group_title(group: MethodGroup, several: bool, width: int = 45) -> str:
+    """A panel's title: the group's tasks, wrapped at ``width`` characters (60 for a lone panel)."""
+    return "\n".join(textwrap.wrap(group.label, width if several else 60))
+
+
 def panel_grid(n: int, ncols: int = 2, row_height: float = 2.7) -> tuple[plt.Figure, list[plt.Axes]]:
     """A figure of ``n`` panels in rows of ``ncols``, sized for the page; spare axes removed."""
     ncols = max(1, min(ncols, n))
@@ -216,7 +221,7 @@ def rank_figure(groups: list[tuple[MethodGroup, pd.DataFrame]], styles: dict[str
                         color=styles[method]["color"])  # the rank at the full budget, as in the CD diagram
                 panel[method] = series(part["fraction"], part["mean_rank"])
             k = max(len(group.methods), 1)
-            ax.set_title("\n".join(textwrap.wrap(group.label, 60 if not several else 45)))
+            ax.set_title(group_title(group, several))
             ax.set_ylim(k + 0.3, 0.7)
             ax.set_xlim(0, 1)
             ax.set_xlabel("fraction of the budget used (charged cost / budget)")

@@ -144,9 +144,12 @@ def build_report(results_dir: str | Path, log_time: bool = False, report_seed: i
 
 def group_profiles(finals: pd.DataFrame, traces: pd.DataFrame, groups: list[stats.MethodGroup], target: str,
                    references: dict[str, str]) -> list[tuple[stats.MethodGroup, pd.DataFrame]]:
-    """``profiles.performance_profile`` of ``target``'s times, within each group of tasks."""
+    """``profiles.performance_profile`` of ``target``'s times, within each group of tasks, over the task x
+    seed problems where the target is defined (none where no grid ran, for the grid target: an empty
+    profile, which ``profile_figure`` names instead of drawing)."""
     times = stats.cell_times_to_target(finals, traces, target, references)
-    return [(g, profiles.performance_profile(g.select(times))) for g in groups]
+    defined = times[np.isfinite(times["target"].to_numpy(float))]
+    return [(g, profiles.performance_profile(g.select(defined))) for g in groups]
 
 
 # --- text -------------------------------------------------------------------------------------------

@@ -8,7 +8,6 @@ the SVG id ``<panel>--<method>`` and every method keeps its colour from ``figure
 
 from __future__ import annotations
 
-import textwrap
 from typing import Any
 
 import matplotlib
@@ -20,8 +19,8 @@ import pandas as pd  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from hpobench_elbo.report.families import REFERENCE_METHODS  # noqa: E402
-from hpobench_elbo.report.figures import (CURVE_POINTS, STYLE, Figure, Series, change_points, panel_grid,  # noqa: E402
-                                          series, shared_legend, slug, to_svg)
+from hpobench_elbo.report.figures import (CURVE_POINTS, STYLE, Figure, Series, change_points,  # noqa: E402
+                                          group_title, panel_grid, series, shared_legend, slug, to_svg)
 from hpobench_elbo.report.plots import x_axis  # noqa: E402
 from hpobench_elbo.report.stats import MethodGroup, Target  # noqa: E402
 from hpobench_elbo.report.traces import aggregate  # noqa: E402
@@ -29,16 +28,15 @@ from hpobench_elbo.report.traces import aggregate  # noqa: E402
 REFERENCE_WIDTH = 1.0  # line width of the grid/random references in a family panel (methods: 1.6)
 
 
-def _title(group: MethodGroup, several: bool, width: int = 45) -> str:
-    return "\n".join(textwrap.wrap(group.label, width if several else 60))
-
-
 def profile_figure(profiles: list[tuple[MethodGroup, pd.DataFrame]], styles: dict[str, dict[str, Any]],
                    target: Target, key: str = "profile") -> Figure:
     """Dolan-Moré performance profiles, one panel per group of tasks (``profiles.performance_profile``
-    of each group's ``stats.cell_times_to_target`` for ``target``). ``data``: ``profile`` (first
-    group), ``profile-2`` ... -> method -> (tau, rho)."""
+    of each group's ``stats.cell_times_to_target`` for ``target``). A group with no curve (the target
+    is undefined on its tasks: no grid ran there, for the grid target) gets no panel; the caption
+    names it. ``data``: ``profile`` (first panel), ``profile-2`` ... -> method -> (tau, rho)."""
     data: dict[str, dict[str, Series]] = {}
+    undefined = [group.label for group, curves in profiles if curves.empty]
+    profiles = [(group, curves) for group, curves in profiles if not curves.empty]
     several = len(profiles) > 1
     with plt.rc_context(STYLE):
         # three panels a row from five groups on, so that the page-1 profile stays short enough for page 1
@@ -52,7 +50,7 @@ def profile_figure(profiles: list[tuple[MethodGroup, pd.DataFrame]], styles: dic
                 panel[method] = series(part["tau"], part["rho"])
             ax.set_xscale("log")
             ax.set_ylim(-0.03, 1.03)
-            ax.set_title(_title(group, several, 30 if ncols == 3 else 45))
+            ax.set_title(group_title(group, several, 30 if ncols == 3 else 45))
             ax.set_xlabel("tau = time / fastest time (log)")
             ax.set_ylabel("fraction of problems")
         shared_legend(fig, styles if not profiles else
@@ -64,6 +62,9 @@ def profile_figure(profiles: list[tuple[MethodGroup, pd.DataFrame]], styles: dic
                "often the method was the fastest; where it levels off, how often it reached the target at all "
                "(a method that never did stays at 0). One panel per group of tasks that ran the same methods; "
                "higher is better.")
+    if undefined:
+        why = "no grid ran there" if target.key == "grid" else "no method has a finite value there"
+        caption += f" No panel for {'; '.join(undefined)}: the target is undefined ({why})."
     return Figure(key, f"Performance profiles ({target.label})", svg, caption, data)
 
 
@@ -84,7 +85,7 @@ def regret_figure(curves: list[tuple[MethodGroup, pd.DataFrame]], styles: dict[s
                 panel[method] = series(part["fraction"], part["ecdf"])
             ax.set_xlim(0, 1)
             ax.set_ylim(-0.03, 1.03)
-            ax.set_title(_title(group, several))
+            ax.set_title(group_title(group, several))
             ax.set_xlabel("fraction of the budget used")
             ax.set_ylabel("fraction of (run, target) pairs hit")
         shared_legend(fig, {m: styles[m] for m in sorted({m for _, c in curves for m in c["method"]})})
