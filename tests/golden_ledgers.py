@@ -22,12 +22,8 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import platform
-import subprocess
-import sys
 import tempfile
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +35,8 @@ GOLDEN = REPO / "tests" / "golden" / "smoke.json"
 SMOKE_SUITE = REPO / "suites" / "smoke.yaml"
 
 
-def portable_numerics_env(base: Mapping[str, str]) -> dict[str, str]:
-    """``base`` plus the variables that put each numerical library on its processor-independent path.
+def portable_numerics_env() -> dict[str, str]:
+    """The variables that put each numerical library on its processor-independent path.
 
     Read by the libraries when they load, so they only act on a new process. torch: ATen's
     non-SIMD kernels (``ATEN_CPU_CAPABILITY``); MKL (torch's BLAS/LAPACK): conditional numerical
@@ -52,7 +48,7 @@ def portable_numerics_env(base: Mapping[str, str]) -> dict[str, str]:
         from numpy._core._multiarray_umath import __cpu_dispatch__ as numpy_dispatched
     except ImportError:  # numpy 1.x
         from numpy.core._multiarray_umath import __cpu_dispatch__ as numpy_dispatched
-    env = {**base, "ATEN_CPU_CAPABILITY": "default", "MKL_CBWR": "COMPATIBLE", "ONEDNN_MAX_CPU_ISA": "SSE41",
+    env = {"ATEN_CPU_CAPABILITY": "default", "MKL_CBWR": "COMPATIBLE", "ONEDNN_MAX_CPU_ISA": "SSE41",
            "NPY_DISABLE_CPU_FEATURES": " ".join(numpy_dispatched)}
     if platform.machine().lower() in {"x86_64", "amd64"}:
         env["OPENBLAS_CORETYPE"] = "Nehalem"
@@ -61,11 +57,10 @@ def portable_numerics_env(base: Mapping[str, str]) -> dict[str, str]:
 
 def run_smoke_suite(out: Path, timeout: float = 600) -> Path:
     """Run ``suites/smoke.yaml`` into ``out`` with the CLI in a fresh process under portable numerics."""
-    env = portable_numerics_env(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    command = [sys.executable, "-m", "hpobench_elbo.cli", "run", str(SMOKE_SUITE), "--out", str(out),
-               "--device", "cpu", "--jobs", "2", "--quiet"]  # counting clock: cells at once change nothing
-    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)
+    from conftest import run_cli
+
+    done = run_cli(["run", str(SMOKE_SUITE), "--out", str(out), "--device", "cpu", "--jobs", "2", "--quiet"],
+                   env=portable_numerics_env(), timeout=timeout)  # counting clock: cells at once change nothing
     if done.returncode != 0:
         raise RuntimeError(f"the smoke suite exited {done.returncode}: {done.stderr[-2000:]}")
     return out

@@ -32,10 +32,11 @@ def test_the_comparison_can_fail(smoke_run: Path) -> None:
 
 
 def test_portable_numerics_put_torch_and_numpy_on_their_baseline_kernels() -> None:
+    names = "__cpu_features__ as f, __cpu_dispatch__ as d"
     probe = ("import torch\n"
-             "try:\n from numpy._core._multiarray_umath import __cpu_features__ as f, __cpu_dispatch__ as d\n"
-             "except ImportError:\n from numpy.core._multiarray_umath import __cpu_features__ as f, __cpu_dispatch__ as d\n"
+             f"try:\n from numpy._core._multiarray_umath import {names}\n"
+             f"except ImportError:\n from numpy.core._multiarray_umath import {names}\n"
              "print(torch.backends.cpu.get_cpu_capability(), sorted(x for x in d if f.get(x)))")
     portable = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120,
-                              env=portable_numerics_env(os.environ), check=True).stdout.split(maxsplit=1)
+                              env={**os.environ, **portable_numerics_env()}, check=True).stdout.split(maxsplit=1)
     assert portable == ["DEFAULT", "[]\n"]

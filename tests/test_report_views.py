@@ -194,7 +194,6 @@ def test_performance_profile_on_a_hand_made_table() -> None:
     assert taus[0] == 1.0 and taus[-1] >= 10.0 and np.all(np.diff(taus) > 0)
 
 
-
 def test_a_group_without_a_grid_gets_no_grid_target_panel_and_the_caption_says_why(two_targets: Path) -> None:
     write_cell(two_targets, "cached", "tpe", 0, latest([(5, 0.70), (10, 0.80)]))  # no grid ran on "cached"
     write_cell(two_targets, "cached", "ei", 0, latest([(10, 0.75)]))
@@ -210,6 +209,7 @@ def test_a_group_without_a_grid_gets_no_grid_target_panel_and_the_caption_says_w
     assert "No panel for cached: the target is undefined (no grid ran there)." in figure.caption
     best = profile_figure(group_profiles(finals, traces, groups, "best", references), styles, stats.TARGET_BEST)
     assert len(best.data) == 2 and "No panel" not in best.caption  # the best target is defined everywhere
+
 
 def test_regret_ecdf_on_a_hand_made_table() -> None:
     finals = pd.DataFrame({"cell_id": ["a0", "b0"], "task": "t", "method": ["a", "b"], "seed": 0, "budget": 10.0,

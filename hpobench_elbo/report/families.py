@@ -2,9 +2,10 @@
 
 A family is a folder of ``hpobench_elbo.methods`` (``elbo``, ``implicit``, ``bo``, ``gp-ml`` for
 ``gp_ml``, ...: the layout rule "a family is one folder"); a method in a single file of that package
-(grid, random, tpe, the successive-halving methods, ...) belongs to ``search``; one from outside the package (an entry
-point or ``module:Name``) to ``plug-in``, and one the registry cannot find to ``unknown``. Grid
-and random search are the references drawn in every family's panel (``REFERENCE_METHODS``).
+(grid, random, tpe, the successive-halving methods, ...) belongs to ``search``; one from outside the
+package (an entry point or ``module:Name``) to ``plug-in``, and one the registry cannot find to
+``unknown``. Grid and random search are the references drawn in every family's panel
+(``REFERENCE_METHODS``).
 """
 
 from __future__ import annotations
